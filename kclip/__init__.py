@@ -1,0 +1,61 @@
+"""kclip: natural-language image search with a CLIP-style dual encoder on Keras 3.
+
+    import kclip
+    model = kclip.load_model("runs/demo/model.keras")
+    index = kclip.build_index(model, "my_photos/", "my_photos.index")
+    for result in kclip.search("a dog on the beach", model=model, index=index):
+        print(result.score, result.path)
+"""
+
+import os
+
+# kclip ships on the torch backend; the choice must be made before keras is imported.
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import keras  # noqa: E402
+
+from kclip.backbone import DualEncoderBackbone  # noqa: E402
+from kclip.config import Config, DataConfig, ModelConfig, TrainerConfig, parse_config  # noqa: E402
+from kclip.evaluation import evaluate  # noqa: E402
+from kclip.index import Index, SearchResult, build_index, classify, search  # noqa: E402
+from kclip.layers import ContrastiveLogits, L2Normalize, ProjectionHead  # noqa: E402
+from kclip.optimizers import MultiRateAdamW  # noqa: E402
+from kclip.preprocessor import DualEncoderPreprocessor  # noqa: E402
+from kclip.retrieval import retrieval_metrics  # noqa: E402
+from kclip.task import DualEncoder  # noqa: E402
+from kclip.towers import build_dual_encoder  # noqa: E402
+from kclip.training import export_model, train  # noqa: E402
+
+__version__ = "0.1.0"
+
+
+def load_model(path):
+    """Loads a `.keras` file written by kclip (any `keras.saving.load_model` works too)."""
+    return keras.saving.load_model(path)
+
+
+__all__ = [
+    "Config",
+    "ContrastiveLogits",
+    "DataConfig",
+    "DualEncoder",
+    "DualEncoderBackbone",
+    "DualEncoderPreprocessor",
+    "Index",
+    "L2Normalize",
+    "ModelConfig",
+    "MultiRateAdamW",
+    "ProjectionHead",
+    "SearchResult",
+    "TrainerConfig",
+    "build_dual_encoder",
+    "build_index",
+    "classify",
+    "evaluate",
+    "export_model",
+    "load_model",
+    "parse_config",
+    "retrieval_metrics",
+    "search",
+    "train",
+]

@@ -1,0 +1,123 @@
+"""Run configuration: typed sections, YAML files and dotted command-line overrides.
+
+jsonargparse (what LightningCLI uses) turns these dataclasses into a parser, so
+`--config configs/flickr8k.yaml --data.train_batch_size 64` works as in the seed,
+and an unknown or mistyped key is rejected with its name.
+"""
+
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from jsonargparse import ActionConfigFile, ArgumentParser
+
+
+@dataclass
+class ModelConfig:
+    """The two towers, the heads and the loss."""
+
+    image_encoder: str = "resnet_50_imagenet"
+    """A KerasHub preset (name, hf://..., kaggle://... or local folder), or a backbone class name when `image_encoder_config` is set."""
+    image_encoder_config: Optional[dict] = None
+    """Constructor arguments to build the image backbone from scratch instead of a preset."""
+    image_encoder_trainable: bool = True
+    image_size: int = 224
+    image_data_format: Literal["auto", "channels_first", "channels_last"] = "auto"
+    """auto: channels_first on the torch backend, where it is faster."""
+    text_encoder: str = "distil_bert_base_en_uncased"
+    text_encoder_config: Optional[dict] = None
+    text_encoder_trainable: bool = True
+    vocabulary: Optional[str] = None
+    """Vocabulary file for a from-scratch text tower; when unset, built from the training captions."""
+    vocabulary_size: int = 2000
+    projection_dims: int = 256
+    dropout: float = 0.1
+    loss: Literal["clip", "soft_targets"] = "clip"
+    temperature: float = 1.0
+    """Fixed temperature of the soft_targets loss (the clip loss learns its own)."""
+    image_encoder_lr: float = 1e-4
+    text_encoder_lr: float = 1e-5
+    head_lr: float = 1e-3
+    weight_decay: float = 0.0
+
+
+@dataclass
+class DataConfig:
+    """Where the captioned images come from and how they are batched."""
+
+    dataset_name: Literal["embedded", "flickr8k", "flickr30k", "custom"] = "embedded"
+    dir: Optional[str] = None
+    """Data folder; for the embedded set it is generated there (default: data/embedded)."""
+    artifact_id: Optional[str] = None
+    """A W&B dataset artifact to download into `dir`, e.g. wandb/clip.lightning/flickr-8k:latest."""
+    num_images: int = 3000
+    """Size of the embedded set."""
+    train_batch_size: int = 128
+    val_batch_size: int = 128
+    max_length: int = 64
+    """Tokens per caption, [CLS] and [SEP] included; longer captions are truncated."""
+    captions: Literal["one", "all"] = "one"
+    """one: each epoch shows every image once with a random caption; all: every caption."""
+    augment: bool = False
+    cache: bool = False
+    """Keep decoded, resized images in memory after the first epoch."""
+    split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
+    max_bad_fraction: float = 0.05
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 20
+    steps_per_epoch: Optional[int] = None
+    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    """auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU."""
+    logger: Literal["wandb", "none"] = "wandb"
+    wandb_project: str = "kclip"
+    seed: int = 42
+
+
+@dataclass
+class PredictionCallbackConfig:
+    max_matches: int = 5
+    max_sentences: int = 20
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    log_prediction_callback: PredictionCallbackConfig = field(
+        default_factory=PredictionCallbackConfig
+    )
+    output_dir: str = "runs/latest"
+
+
+def build_parser(description="Train a kclip dual encoder."):
+    parser = ArgumentParser(description=description, exit_on_error=False)
+    parser.add_argument("--config", action=ActionConfigFile, help="A YAML config file.")
+    parser.add_class_arguments(Config, as_positional=False, fail_untyped=True)
+    return parser
+
+
+def parse_config(args=None, parser=None):
+    """Command-line arguments (and the files they name) -> `Config`.
+
+    Raises ValueError naming the offending key or value.
+    """
+    parser = parser or build_parser()
+    try:
+        namespace = parser.parse_args(args)
+    except Exception as error:  # jsonargparse raises its own ArgumentError subclasses
+        raise ValueError(f"Bad configuration: {error}") from error
+    return namespace_to_config(parser, namespace)
+
+
+def namespace_to_config(parser, namespace):
+    values = namespace.as_dict()
+    return Config(
+        model=ModelConfig(**values["model"]),
+        data=DataConfig(**values["data"]),
+        trainer=TrainerConfig(**values["trainer"]),
+        log_prediction_callback=PredictionCallbackConfig(**values["log_prediction_callback"]),
+        output_dir=values["output_dir"],
+    )

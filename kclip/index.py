@@ -1,0 +1,395 @@
+"""A searchable image index: build it from a folder, load it, search it by text or by example.
+
+    index = build_index(model, "photos/", "photos.kclip")      # incremental on reruns
+    for result in search("a dog on a beach", model, index, top_k=5):
+        print(result.rank, result.score, result.path)
+
+The files on disk are described in kclip.index_store. Search is exact (every image is scored); the
+`backend` argument of Index and SEARCH_BACKENDS are where an approximate-nearest-neighbour backend
+would plug in.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import closing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm.auto import tqdm
+
+from kclip.image_io import ImageLoadError, is_image_file_name, iter_image_files, load_image
+from kclip.index_store import (
+    CHECKPOINT_DIR, FORMAT_NAME, METADATA_FILE, FileRecord, commit, file_records, load_embeddings,
+    read_checkpoints, read_metadata, write_checkpoint,
+)
+from kclip.retrieval import top_k as exact_top_k
+
+logger = logging.getLogger(__name__)
+
+DTYPES = ("float16", "float32")
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    path: Path
+    score: float
+    rank: int  # 1-based
+
+
+@dataclass
+class BuildReport:
+    """What build_index did; `skipped` lists (relative path, reason) of files that could not be read."""
+
+    num_files: int = 0
+    num_embedded: int = 0
+    num_reused: int = 0
+    num_removed: int = 0
+    skipped: list = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"{self.num_files} image files: {self.num_embedded} embedded, {self.num_reused} unchanged, "
+            f"{self.num_removed} removed from the index, {len(self.skipped)} skipped"
+        )
+        return text + "".join(f"\n  skipped {path}: {reason}" for path, reason in self.skipped)
+
+
+class ExactSearcher:
+    """Brute-force search over every row: the default backend.
+
+    A search backend is built from the (rows, dim) embeddings and answers search(queries, k) with
+    (indices, scores) arrays of shape (num_queries, k), best first. An approximate-nearest-neighbour
+    backend plugs in by implementing the same two methods and registering in SEARCH_BACKENDS.
+    """
+
+    def __init__(self, embeddings: np.ndarray):
+        # Converted once to float32 because numpy's float16 matmul is several times slower.
+        self.embeddings = np.ascontiguousarray(embeddings, dtype=np.float32)
+        if not np.isfinite(self.embeddings).all():
+            raise ValueError("index embeddings contain NaN or infinite values; rebuild the index.")
+
+    def search(self, query_embeddings: np.ndarray, k: int):
+        return exact_top_k(query_embeddings, self.embeddings, k)
+
+
+SEARCH_BACKENDS = {"exact": ExactSearcher}
+
+
+class Index:
+    """Image paths and their embeddings, searchable by embedding."""
+
+    def __init__(self, paths, embeddings, fingerprint: str, *, image_dir=None, metadata=None, backend="exact"):
+        if backend not in SEARCH_BACKENDS:
+            raise ValueError(f"unknown search backend {backend!r}; choose one of {sorted(SEARCH_BACKENDS)}.")
+        self.paths = [Path(path) for path in paths]
+        self.embeddings = np.asarray(embeddings)
+        if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.paths):
+            raise ValueError(
+                f"need one embedding row per path: {len(self.paths)} paths, embeddings of shape {self.embeddings.shape}."
+            )
+        self.fingerprint = str(fingerprint)
+        self.image_dir = Path(image_dir) if image_dir is not None else None
+        self.metadata = metadata or {}
+        self.backend = backend
+        self.report: BuildReport | None = None
+        self._searcher = None  # built on first search, so loading stays cheap
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def dim(self) -> int:
+        return int(self.embeddings.shape[1])
+
+    @classmethod
+    def load(cls, directory, backend: str = "exact", verify_checksum: bool = False) -> "Index":
+        directory = Path(directory).expanduser()
+        metadata = read_metadata(directory)
+        embeddings = load_embeddings(directory, metadata, verify_checksum)
+        image_dir = Path(metadata["image_dir"])
+        paths = [image_dir / record["path"] for record in metadata["files"]]
+        return cls(paths, embeddings, metadata["model_fingerprint"], image_dir=image_dir, metadata=metadata,
+                   backend=backend)
+
+    def search(self, query_embeddings, top_k: int = 5) -> list[list[SearchResult]]:
+        """One list of results per query row (a single (dim,) query also gives a list of one list)."""
+        if len(self) == 0:
+            raise ValueError("the index holds no images; build it from a folder with readable images.")
+        queries = np.atleast_2d(np.asarray(query_embeddings, dtype=np.float32))
+        if queries.ndim != 2 or queries.shape[1] != self.dim:
+            raise ValueError(
+                f"query embeddings have shape {queries.shape} but the index has width {self.dim}; "
+                "embed queries with the model that built the index."
+            )
+        if self._searcher is None:
+            self._searcher = SEARCH_BACKENDS[self.backend](self.embeddings)
+        indices, scores = self._searcher.search(queries, top_k)
+        return [
+            [SearchResult(self.paths[i], float(s), rank) for rank, (i, s) in enumerate(zip(row_i, row_s), start=1)]
+            for row_i, row_s in zip(indices, scores)
+        ]
+
+
+# ----------------------------------------------------------------------------------------------
+# Building
+
+
+def _decode_side(model) -> int | None:
+    """Decode photos at twice the model's input size: big enough to crop, far cheaper than full size."""
+    image_size = getattr(model, "image_size", None)
+    return 2 * int(image_size) if isinstance(image_size, (int, np.integer)) and image_size > 0 else None
+
+
+def _load_or_reason(path: Path, max_side: int | None):
+    try:
+        return load_image(path, max_side=max_side), None
+    except (ImageLoadError, OSError) as error:
+        return None, str(error)
+
+
+def _loaded_batches(records: list, image_dir: Path, batch_size: int, max_side: int | None):
+    """Yield (records, [(array or None, error or None)]) per batch, decoding the next batch meanwhile.
+
+    Pillow releases the GIL while decoding, so threads overlap decoding with the model's work.
+    """
+    batches = [records[start:start + batch_size] for start in range(0, len(records), batch_size)]
+    with ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1)) as pool:
+        def submit(batch):
+            return [pool.submit(_load_or_reason, image_dir / record.path, max_side) for record in batch]
+
+        pending = submit(batches[0]) if batches else []
+        for number, batch in enumerate(batches):
+            current = pending
+            if number + 1 < len(batches):
+                pending = submit(batches[number + 1])
+            yield batch, [future.result() for future in current]
+
+
+def _check_vectors(vectors, expected_rows: int, expected_dim: int | None) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2 or len(vectors) != expected_rows:
+        raise ValueError(f"model.encode_image returned shape {vectors.shape} for {expected_rows} images.")
+    if expected_dim is not None and vectors.shape[1] != expected_dim:
+        raise ValueError(f"model.encode_image returned width {vectors.shape[1]}, but the index has {expected_dim}.")
+    if not np.isfinite(vectors).all():
+        raise ValueError("model.encode_image returned NaN or infinite values; check the model.")
+    # metadata.json promises normalized rows, and search scores are cosines only if they are.
+    if len(vectors) and not np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-2):
+        raise ValueError("model.encode_image must return L2-normalized rows; these are not unit length.")
+    return vectors
+
+
+def _scan(image_dir: Path, report: "BuildReport") -> list:
+    records = []
+    for path in iter_image_files(image_dir):
+        relative = path.relative_to(image_dir).as_posix()
+        try:
+            status = path.stat()
+        except OSError as error:
+            report.skipped.append((relative, f"cannot read file information ({error})"))
+            continue
+        records.append(FileRecord(relative, status.st_size, status.st_mtime_ns))
+    report.num_files = len(records) + len(report.skipped)
+    if report.num_files == 0:
+        raise ValueError(f"no image files found under {image_dir} (looked for names ending in .jpg, .png, ...).")
+    return records
+
+
+def _previous_index(out_dir: Path, fingerprint: str, image_dir: Path) -> dict | None:
+    if not (out_dir / METADATA_FILE).exists():
+        return None
+    previous = read_metadata(out_dir)
+    if previous["model_fingerprint"] != fingerprint:
+        raise ValueError(
+            f"{out_dir} holds an index built by model {previous['model_fingerprint']}, but this model is "
+            f"{fingerprint}; use a new out_dir, or pass rebuild=True to re-embed everything."
+        )
+    if previous["image_dir"] != str(image_dir):
+        raise ValueError(
+            f"{out_dir} indexes {previous['image_dir']}, not {image_dir}; use a new out_dir, "
+            "or pass rebuild=True to replace it."
+        )
+    return previous
+
+
+def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "float16", progress: bool = True,
+                rebuild: bool = False, checkpoint_every: int = 1024) -> Index:
+    """Embed every image under image_dir (recursively) into an index in out_dir; return it.
+
+    Incremental: when out_dir already holds an index built by the same model (fingerprint) from the
+    same folder with the same dtype, only new or changed files (size or mtime_ns differ) are embedded,
+    and deleted files are dropped; a different model raises ValueError. rebuild=True ignores whatever
+    out_dir holds and starts afresh. Unreadable images are skipped and listed, with the reason, in the
+    returned index's `.report` and in metadata.json. Every `checkpoint_every` new embeddings are saved
+    under out_dir/partial, so rerunning an interrupted build resumes it; the previous index stays
+    intact and loadable until the new one is complete.
+    """
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
+    for name, value in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer; got {value!r}.")
+    image_dir = Path(image_dir).expanduser().resolve()
+    out_dir = Path(out_dir).expanduser().resolve()
+    fingerprint = str(model.fingerprint())
+    checkpoint_dir = out_dir / CHECKPOINT_DIR
+    if rebuild:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    previous = None if rebuild else _previous_index(out_dir, fingerprint, image_dir)
+    report = BuildReport()
+    records = _scan(image_dir, report)
+
+    header = {"format": FORMAT_NAME, "model_fingerprint": fingerprint, "image_dir": str(image_dir), "dtype": dtype}
+    known = {}  # FileRecord -> embedding row from the previous index or an interrupted build
+    dim = None
+    if previous is not None and previous["dtype"] == dtype:
+        dim = previous["embedding_dim"]
+        known.update(zip(file_records(previous["files"]), load_embeddings(out_dir, previous)))
+    known.update(read_checkpoints(checkpoint_dir, header))
+    to_embed = [record for record in records if record not in known]
+    report.num_reused = len(records) - len(to_embed)
+
+    fresh = {}  # FileRecord -> embedding row computed now
+    unsaved_records, unsaved_rows = [], []
+    batches = _loaded_batches(to_embed, image_dir, batch_size, _decode_side(model))
+    with tqdm(total=len(to_embed), disable=not progress, unit="img", desc="Embedding images") as bar, \
+            closing(batches):  # stops the decoding threads at once if embedding fails
+        for batch, loaded in batches:
+            readable = [(record, array) for record, (array, _) in zip(batch, loaded) if array is not None]
+            report.skipped += [(record.path, error) for record, (_, error) in zip(batch, loaded) if error]
+            if readable:
+                vectors = model.encode_image([array for _, array in readable], batch_size=batch_size)
+                vectors = _check_vectors(vectors, len(readable), dim)
+                dim = vectors.shape[1]
+                for (record, _), row in zip(readable, vectors.astype(dtype)):
+                    fresh[record] = row
+                    unsaved_records.append(record)
+                    unsaved_rows.append(row)
+            if len(unsaved_rows) >= checkpoint_every:
+                write_checkpoint(checkpoint_dir, header, unsaved_records, unsaved_rows)
+                unsaved_records, unsaved_rows = [], []
+            bar.update(len(batch))
+    report.num_embedded = len(fresh)
+
+    indexed = [record for record in records if record in known or record in fresh]
+    if not indexed:
+        reasons = "; ".join(f"{path}: {reason}" for path, reason in report.skipped[:3])
+        raise ValueError(f"none of the {report.num_files} image files under {image_dir} could be read ({reasons}).")
+    if report.skipped:
+        logger.warning("skipped %d unreadable image(s), e.g. %s", len(report.skipped), report.skipped[0][0])
+    if previous is not None:
+        kept_paths = {record.path for record in indexed}
+        report.num_removed = sum(1 for row_record in previous["files"] if row_record["path"] not in kept_paths)
+
+    unchanged = (
+        previous is not None and not fresh and previous["dtype"] == dtype
+        and indexed == file_records(previous["files"])
+        and report.skipped == [(s["path"], s["reason"]) for s in previous["skipped"]]
+    )
+    if not unchanged:
+        embeddings = np.stack([fresh[record] if record in fresh else known[record] for record in indexed])
+        commit(out_dir, header, embeddings, indexed, report.skipped)
+    else:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    index = Index.load(out_dir)
+    index.report = report
+    return index
+
+
+# ----------------------------------------------------------------------------------------------
+# Search and zero-shot classification
+
+
+def _is_image_query(query) -> bool:
+    """Arrays, PIL images and Path objects are images; so is a str ending in an image extension.
+
+    Deciding by the name, not by whether the file exists, makes a mistyped path an error
+    ("does not exist") instead of a silent text search for "holidy/beach.jpg".
+    """
+    if isinstance(query, (np.ndarray, Image.Image, os.PathLike)):
+        return True
+    if isinstance(query, str):
+        return is_image_file_name(query.strip())
+    raise TypeError(f"a query must be text, an image path or an image array; got {type(query).__name__}.")
+
+
+def _embed_images(model, images, batch_size: int = 32) -> np.ndarray:
+    max_side = _decode_side(model)
+    arrays = [load_image(Path(image.strip()).expanduser() if isinstance(image, str) else image, max_side=max_side)
+              for image in images]
+    return np.asarray(model.encode_image(arrays, batch_size=batch_size), dtype=np.float32)
+
+
+def search(query, model, index, top_k: int = 5) -> list[SearchResult]:
+    """The top_k images of `index` most similar to `query`, best first.
+
+    query: a non-empty text (embedded with model.encode_text), or an image for search by example: a
+    Path, a numpy array, a PIL image, or a str ending in an image extension such as ".jpg".
+    index: an Index or the folder of one. The model must be the one that built the index.
+    """
+    if isinstance(query, str) and not query.strip():
+        raise ValueError("the query is empty; give some text to search for, or an image path.")
+    if isinstance(index, (str, os.PathLike)):
+        index = Index.load(index)
+    fingerprint = str(model.fingerprint())
+    if fingerprint != index.fingerprint:
+        raise ValueError(
+            f"the index was built by model {index.fingerprint}, but this model is {fingerprint}; "
+            "search with the model that built it, or rebuild the index with this one (build_index(..., rebuild=True))."
+        )
+    if _is_image_query(query):
+        query_embedding = _embed_images(model, [query])
+    else:
+        query_embedding = np.asarray(model.encode_text([query]), dtype=np.float32)
+    return index.search(query_embedding, top_k)[0]
+
+
+@dataclass(frozen=True)
+class Classification:
+    """Zero-shot labels for one image: `ranking` is [(label, probability)], most likely first."""
+
+    ranking: list
+
+    @property
+    def label(self) -> str:
+        return self.ranking[0][0]
+
+    @property
+    def probability(self) -> float:
+        return self.ranking[0][1]
+
+
+def classify(images, labels, model, template: str = "a photo of a {}", logit_scale: float = 100.0,
+             batch_size: int = 32) -> list[Classification]:
+    """Zero-shot classification, as in CLIP: softmax over logit_scale x cosine(image, template(label)).
+
+    images: one image (path, array, PIL image) or a list of them; returns one Classification per image.
+    """
+    if isinstance(images, (str, os.PathLike, Image.Image)) or (isinstance(images, np.ndarray) and images.ndim == 3):
+        images = [images]
+    labels = [str(label) for label in labels]
+    if not labels or any(not label.strip() for label in labels):
+        raise ValueError(f"labels must be a non-empty list of non-empty names; got {labels!r}.")
+    if len(set(labels)) != len(labels):
+        raise ValueError(f"labels must be distinct; got {labels!r}.")
+    if "{}" not in template:
+        raise ValueError(f"template must contain '{{}}' where the label goes; got {template!r}.")
+    if len(images) == 0:
+        raise ValueError("no images to classify.")
+    image_embeddings = _embed_images(model, list(images), batch_size)
+    text_embeddings = np.asarray(model.encode_text([template.format(label) for label in labels],
+                                                   batch_size=batch_size), dtype=np.float32)
+    logits = logit_scale * (image_embeddings @ text_embeddings.T)
+    logits -= logits.max(axis=1, keepdims=True)  # keeps exp() from overflowing
+    probabilities = np.exp(logits)
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    results = []
+    for row in probabilities:
+        order = np.argsort(-row, kind="stable")
+        results.append(Classification([(labels[i], float(row[i])) for i in order]))
+    return results

@@ -1,0 +1,228 @@
+"""The trainable task: a dual encoder with its preprocessor and contrastive `fit`."""
+
+import hashlib
+
+import keras
+import keras_hub
+import numpy as np
+from keras import ops
+
+from kclip import losses
+from kclip.backbone import DualEncoderBackbone
+from kclip.image_io import load_image
+from kclip.optimizers import MultiRateAdamW
+from kclip.preprocessor import DualEncoderPreprocessor
+
+
+@keras.saving.register_keras_serializable(package="kclip")
+class DualEncoder(keras_hub.models.Task):
+    """Contrastive image-text model: `fit` trains it, `encode_*` embeds with it.
+
+    Training data are batches of `({"images", "captions"}, image_ids)`, where
+    `image_ids[i]` names the image of row i so that two captions of one image in a
+    batch count as positives. KerasHub's `Task.fit` runs the preprocessor over the
+    raw batches inside `tf.data`, off the training thread.
+
+    Args:
+        backbone: a `DualEncoderBackbone`.
+        preprocessor: a `DualEncoderPreprocessor`.
+        contrastive_loss: `"clip"` (learnable temperature) or `"soft_targets"`
+            (the seed's loss, at a fixed `temperature`).
+        temperature: only for `"soft_targets"`.
+    """
+
+    backbone_cls = DualEncoderBackbone
+    preprocessor_cls = DualEncoderPreprocessor
+
+    def __init__(
+        self, backbone, preprocessor=None, contrastive_loss="clip", temperature=1.0, **kwargs
+    ):
+        if contrastive_loss not in losses.LOSS_NAMES:
+            raise ValueError(
+                f"Unknown contrastive_loss {contrastive_loss!r}; "
+                f"choose one of {losses.LOSS_NAMES}."
+            )
+        # === Layers ===
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+
+        # === Functional model ===
+        inputs = backbone.input
+        outputs = backbone(inputs)
+        super().__init__(inputs=inputs, outputs=outputs, **kwargs)
+
+        # === Config ===
+        self.contrastive_loss = contrastive_loss
+        self.temperature = temperature
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self.text_to_image_accuracy = keras.metrics.Mean(name="t2i_accuracy")
+        self.image_to_text_accuracy = keras.metrics.Mean(name="i2t_accuracy")
+        # Caches, kept out of Keras' layer tracking.
+        object.__setattr__(self, "_encoders", {})
+        object.__setattr__(self, "_fingerprint", None)
+
+    # --- Training -------------------------------------------------------------
+
+    def compile(
+        self,
+        optimizer="auto",
+        learning_rate=1e-3,
+        image_learning_rate=1e-4,
+        text_learning_rate=1e-5,
+        weight_decay=0.0,
+        **kwargs,
+    ):
+        """Compiles with per-tower learning rates.
+
+        `learning_rate` is the heads' rate and the one schedules act on; the towers
+        step at `image_learning_rate` and `text_learning_rate`, scaled in
+        proportion when a schedule changes the heads' rate. A frozen tower
+        (`trainable = False`) is skipped.
+        """
+        if optimizer == "auto":
+            optimizer = MultiRateAdamW(learning_rate=learning_rate, weight_decay=weight_decay)
+            # Norms, biases and the temperature are not decayed, as in CLIP.
+            optimizer.exclude_from_weight_decay(
+                var_names=["bias", "gamma", "beta", "log_logit_scale"]
+            )
+        super().compile(optimizer=optimizer, **kwargs)
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        if isinstance(inner, MultiRateAdamW):
+            base_rate = float(ops.convert_to_numpy(inner.learning_rate))
+            inner.set_variable_multipliers(
+                [
+                    (image_learning_rate / base_rate, self.backbone.image_encoder.trainable_variables),
+                    (text_learning_rate / base_rate, self.backbone.text_encoder.trainable_variables),
+                ]
+            )
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker, self.text_to_image_accuracy, self.image_to_text_accuracy]
+
+    def _loss_and_metrics(self, outputs, image_ids):
+        loss = losses.contrastive_loss(
+            self.contrastive_loss, outputs, image_ids, self.temperature
+        )
+        text_to_image, image_to_text = losses.in_batch_accuracy(outputs["logits"], image_ids)
+        return loss, text_to_image, image_to_text
+
+    def _update_metrics(self, loss, text_to_image, image_to_text):
+        self.loss_tracker.update_state(loss)
+        self.text_to_image_accuracy.update_state(text_to_image)
+        self.image_to_text_accuracy.update_state(image_to_text)
+        return {metric.name: metric.result() for metric in self.metrics}
+
+    def train_step(self, data):
+        inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
+        # Only the gradient computation differs between backends; the loss does not.
+        if keras.config.backend() == "torch":
+            import torch
+
+            self.zero_grad()
+            outputs = self(inputs, training=True)
+            loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
+            self.optimizer.scale_loss(loss).backward()
+            variables = [v for v in self.trainable_weights if v.value.grad is not None]
+            gradients = [v.value.grad for v in variables]
+            with torch.no_grad():
+                self.optimizer.apply(gradients, variables)
+        elif keras.config.backend() == "tensorflow":
+            import tensorflow as tf
+
+            with tf.GradientTape() as tape:
+                outputs = self(inputs, training=True)
+                loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
+                scaled_loss = self.optimizer.scale_loss(loss)
+            gradients = tape.gradient(scaled_loss, self.trainable_weights)
+            self.optimizer.apply(gradients, self.trainable_weights)
+        else:
+            raise NotImplementedError(
+                f"DualEncoder.train_step supports the torch and tensorflow backends, "
+                f"not {keras.config.backend()!r}. Set KERAS_BACKEND=torch."
+            )
+        return self._update_metrics(loss, text_to_image, image_to_text)
+
+    def test_step(self, data):
+        inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
+        outputs = self(inputs, training=False)
+        return self._update_metrics(*self._loss_and_metrics(outputs, image_ids))
+
+    def fit(self, *args, **kwargs):
+        object.__setattr__(self, "_fingerprint", None)
+        try:
+            return super().fit(*args, **kwargs)
+        finally:
+            object.__setattr__(self, "_fingerprint", None)
+
+    # --- Inference ------------------------------------------------------------
+
+    @property
+    def image_size(self):
+        """Side of the square images the image tower was trained on."""
+        return int(self.preprocessor.image_size[0])
+
+    def _encoder(self, modality):
+        # Sub-graphs of the backbone, built once; `predict_on_batch` keeps autograd out.
+        if modality not in self._encoders:
+            inputs = self.backbone.input
+            if modality == "image":
+                encoder = keras.Model(inputs["images"], self.backbone.output["image_embeddings"])
+            else:
+                encoder = keras.Model(
+                    {"token_ids": inputs["token_ids"], "padding_mask": inputs["padding_mask"]},
+                    self.backbone.output["text_embeddings"],
+                )
+            object.__setattr__(self, "_encoders", {**self._encoders, modality: encoder})
+        return self._encoders[modality]
+
+    def encode_text(self, texts, batch_size=256):
+        """List of strings -> (N, projection_dim) float32 unit vectors."""
+        if isinstance(texts, str):
+            texts = [texts]
+        texts = list(texts)
+        empty = [i for i, text in enumerate(texts) if not str(text).strip()]
+        if empty:
+            raise ValueError(
+                f"Empty caption at position(s) {empty[:10]}: give each query some words."
+            )
+        encoder = self._encoder("text")
+        batches = []
+        for start in range(0, len(texts), batch_size):
+            packed = self.preprocessor({"captions": texts[start : start + batch_size]})
+            batches.append(np.asarray(encoder.predict_on_batch(packed), dtype="float32"))
+        return np.concatenate(batches) if batches else np.zeros((0, self.backbone.projection_dim), "float32")
+
+    def resize_image(self, image):
+        """One image (any size, channels-last uint8) -> the model's square size."""
+        return np.asarray(ops.convert_to_numpy(self.preprocessor.image_converter.resizing(image)))
+
+    def encode_image(self, images, batch_size=64):
+        """Images (paths, PIL images or HxWx3 arrays) -> (N, projection_dim) float32 unit vectors."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        encoder = self._encoder("image")
+        batches = []
+        for start in range(0, len(images), batch_size):
+            chunk = [
+                self.resize_image(load_image(image, max_side=4 * self.image_size))
+                for image in images[start : start + batch_size]
+            ]
+            converted = self.preprocessor({"images": np.stack(chunk)})["images"]
+            batches.append(np.asarray(encoder.predict_on_batch(converted), dtype="float32"))
+        return np.concatenate(batches) if batches else np.zeros((0, self.backbone.projection_dim), "float32")
+
+    def fingerprint(self):
+        """A hash of the weights: an index built by other weights is refused."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for weight in self.backbone.weights:
+                digest.update(weight.path.encode())
+                digest.update(np.ascontiguousarray(ops.convert_to_numpy(weight)).tobytes())
+            object.__setattr__(self, "_fingerprint", digest.hexdigest()[:16])
+        return self._fingerprint
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"contrastive_loss": self.contrastive_loss, "temperature": self.temperature})
+        return config
