@@ -62,6 +62,19 @@ class DataConfig:
     """Keep decoded, resized images in memory after the first epoch."""
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     max_bad_fraction: float = 0.05
+    kaggle_handle: Optional[str] = None
+    """A Kaggle dataset to download with kagglehub, e.g. adityajn105/flickr8k (Kaggle Flickr8k layout) or hsankesara/flickr-image-dataset (Flickr30k)."""
+    tfds: bool = True
+    """Prepare the data once into TFDS shards (<dir>/.kclip_tfds, reused while unchanged) and train from them; False decodes loose files every epoch."""
+    tfds_dir: Optional[str] = None
+    """Where prepared shards go (default <data folder>/.kclip_tfds)."""
+    prepared_max_side: int = 512
+    """Longer side of the images stored in the shards."""
+    shuffle_buffer: int = 4096
+    """Prepared images held for shuffling, on top of shuffling the shard files."""
+    image_column: str = "image"
+    caption_column: str = "caption"
+    """Column names of a custom CSV/TSV/JSONL caption file."""
 
 
 @dataclass
@@ -71,8 +84,23 @@ class TrainerConfig:
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
     """auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU."""
     logger: Literal["wandb", "none"] = "wandb"
+    """wandb: online when logged in, else offline (sync later); none: no W&B at all."""
     wandb_project: str = "kclip"
     seed: int = 42
+    eval_every_n_epochs: int = 1
+    """Validation recall (val_t2i_r@k, val_i2t_r@k, val_rsum) every N epochs and after the last one."""
+    lr_schedule: Literal["none", "plateau", "cosine"] = "plateau"
+    """plateau: ReduceLROnPlateau on val_rsum; cosine: linear warmup, then cosine decay to zero."""
+    plateau_factor: float = 0.2
+    plateau_patience: int = 3
+    """Evaluations without a better val_rsum before the learning rate is cut."""
+    warmup_epochs: float = 1.0
+    """Linear warmup of the cosine schedule, in epochs (fractions allowed)."""
+    early_stopping_patience: Optional[int] = None
+    """Stop after this many evaluations without a better val_rsum; None: never stop early."""
+    terminate_on_nan: bool = True
+    checkpoint_model_to_wandb: bool = False
+    """Upload the model to W&B each epoch (WandbModelCheckpoint): the whole file every time."""
 
 
 @dataclass

@@ -1,11 +1,20 @@
-"""Retrieval recall of a trained model over one split of captioned images."""
+"""Retrieval recall of a trained model over one split of captioned images, and pictures of it."""
+
+from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
-from kclip.retrieval import format_metrics_table, retrieval_metrics
+from kclip.retrieval import format_metrics_table, retrieval_metrics, text_to_image_ranks, top_k
 
 
-def embed_split(model, images, batch_size=64):
+def _progress(total, description, progress):
+    """A tqdm bar; progress=None shows it only on a terminal."""
+    return tqdm(total=total, desc=description, unit="item", leave=False,
+                disable=None if progress is None else not progress)
+
+
+def embed_split(model, images, batch_size=64, progress=None):
     """Embeds every image and every caption of a list of `CaptionedImage`s.
 
     Returns (image_embeddings, text_embeddings, text_to_image).
@@ -16,17 +25,92 @@ def embed_split(model, images, batch_size=64):
     for index, image in enumerate(images):
         captions.extend(image.captions)
         text_to_image.extend([index] * len(image.captions))
-    image_embeddings = model.encode_image([image.image_path for image in images], batch_size=batch_size)
-    text_embeddings = model.encode_text(captions, batch_size=4 * batch_size)
-    return image_embeddings, text_embeddings, np.asarray(text_to_image)
+    paths = [image.image_path for image in images]
+    image_batches, text_batches = [], []
+    with _progress(len(paths), "Embedding images", progress) as bar:
+        for start in range(0, len(paths), batch_size):
+            image_batches.append(model.encode_image(paths[start:start + batch_size], batch_size=batch_size))
+            bar.update(len(image_batches[-1]))
+    text_batch = 4 * batch_size
+    with _progress(len(captions), "Embedding captions", progress) as bar:
+        for start in range(0, len(captions), text_batch):
+            text_batches.append(model.encode_text(captions[start:start + text_batch], batch_size=text_batch))
+            bar.update(len(text_batches[-1]))
+    return np.concatenate(image_batches), np.concatenate(text_batches), np.asarray(text_to_image)
 
 
-def evaluate(model, images, batch_size=64):
-    """Standard text->image and image->text recall (R@1/5/10, ranks, rsum)."""
-    metrics = retrieval_metrics(*embed_split(model, images, batch_size=batch_size))
+def metrics_from_embeddings(images, embeddings):
+    metrics = retrieval_metrics(*embeddings)
     metrics["num_images"] = len(images)
     metrics["num_captions"] = sum(len(image.captions) for image in images)
     return metrics
 
 
-__all__ = ["embed_split", "evaluate", "format_metrics_table"]
+def evaluate(model, images, batch_size=64, progress=None, return_embeddings=False):
+    """Standard text->image and image->text recall (R@1/5/10, ranks, rsum).
+
+    With return_embeddings=True, returns (metrics, (image_embeddings, text_embeddings, text_to_image)).
+    """
+    embeddings = embed_split(model, images, batch_size=batch_size, progress=progress)
+    metrics = metrics_from_embeddings(images, embeddings)
+    return (metrics, embeddings) if return_embeddings else metrics
+
+
+def choose_queries(images, count):
+    """Caption indices (into the split's caption list) of `count` queries spread over the split.
+
+    The first caption of evenly spaced images, so the same queries come back every epoch.
+    """
+    first_caption, position = [], 0
+    for image in images:
+        first_caption.append(position)
+        position += len(image.captions)
+    count = min(count, len(images))
+    if count <= 0:
+        return []
+    picked = np.linspace(0, len(images) - 1, count).round().astype(int)
+    return [first_caption[i] for i in dict.fromkeys(picked.tolist())]
+
+
+def query_matches(embeddings, query_indices, k):
+    """For each query caption: (true image index, top-k image indices, their scores, rank of the true image)."""
+    image_embeddings, text_embeddings, text_to_image = embeddings
+    query_indices = np.asarray(query_indices, dtype=np.int64)
+    if len(query_indices) == 0:
+        return []
+    indices, scores = top_k(text_embeddings[query_indices], image_embeddings, k)
+    ranks = text_to_image_ranks(image_embeddings, text_embeddings[query_indices], text_to_image[query_indices])
+    return [
+        (int(text_to_image[query]), indices[row].tolist(), scores[row].tolist(), int(ranks[row]))
+        for row, query in enumerate(query_indices)
+    ]
+
+
+def grid_rows(images, embeddings, num_queries=8, k=5):
+    """Rows for `kclip.grid.render_grid`: (caption, [(image path, score, is_true), ...])."""
+    captions = [caption for image in images for caption in image.captions]
+    queries = choose_queries(images, num_queries)
+    rows = []
+    for query, (true_image, indices, scores, _) in zip(queries, query_matches(embeddings, queries, k)):
+        items = [(images[i].image_path, score, i == true_image) for i, score in zip(indices, scores)]
+        rows.append((captions[query], items))
+    return rows
+
+
+def write_grid(images, embeddings, out_path, num_queries=8, k=5, tile_size=96):
+    """A PNG of `num_queries` captions and their top-k images, the true image outlined."""
+    from kclip.grid import render_grid
+
+    return render_grid(grid_rows(images, embeddings, num_queries, k), Path(out_path), tile_size=tile_size)
+
+
+__all__ = [
+    "choose_queries",
+    "embed_split",
+    "evaluate",
+    "format_metrics_table",
+    "grid_rows",
+    "metrics_from_embeddings",
+    "query_matches",
+    "write_grid",
+]

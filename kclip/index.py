@@ -4,15 +4,16 @@
     for result in search("a dog on a beach", model, index, top_k=5):
         print(result.rank, result.score, result.path)
 
-The files on disk are described in kclip.index_store. Search is exact (every image is scored); the
-`backend` argument of Index and SEARCH_BACKENDS are where an approximate-nearest-neighbour backend
-would plug in.
+The files on disk are described in kclip.index_store. Search is exact (every image is scored) for
+indexes under ANN_THRESHOLD images and approximate above it (kclip.ann: faiss PQ fast-scan plus exact
+re-ranking, saved beside the embeddings); backend="exact" or "ann" forces either.
 """
 from __future__ import annotations
 
 import logging
 import os
 import shutil
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
@@ -22,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from kclip.ann import AnnSearcher
 from kclip.image_io import ImageLoadError, is_image_file_name, iter_image_files, load_image
 from kclip.index_store import (
     CHECKPOINT_DIR, FORMAT_NAME, METADATA_FILE, FileRecord, commit, file_records, load_embeddings,
@@ -32,6 +34,10 @@ from kclip.retrieval import top_k as exact_top_k
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float16", "float32")
+BACKENDS = ("auto", "exact", "ann")
+# "auto" switches from exact search to the ANN index at this many images: exact search of 50k x 256
+# float32 rows takes a few ms, and an ANN index pays off above that.
+ANN_THRESHOLD = 50_000
 
 
 @dataclass(frozen=True)
@@ -50,12 +56,16 @@ class BuildReport:
     num_reused: int = 0
     num_removed: int = 0
     skipped: list = field(default_factory=list)
+    backend: str = "exact"  # the search backend the index resolved to
+    ann_seconds: float | None = None  # time spent building the ANN index, None when an up-to-date one was reused
 
     def summary(self) -> str:
         text = (
             f"{self.num_files} image files: {self.num_embedded} embedded, {self.num_reused} unchanged, "
-            f"{self.num_removed} removed from the index, {len(self.skipped)} skipped"
+            f"{self.num_removed} removed from the index, {len(self.skipped)} skipped; search: {self.backend}"
         )
+        if self.backend == "ann":
+            text += " (ANN index reused)" if self.ann_seconds is None else f" (ANN index built in {self.ann_seconds:.1f} s)"
         return text + "".join(f"\n  skipped {path}: {reason}" for path, reason in self.skipped)
 
 
@@ -77,15 +87,18 @@ class ExactSearcher:
         return exact_top_k(query_embeddings, self.embeddings, k)
 
 
-SEARCH_BACKENDS = {"exact": ExactSearcher}
+# Backends built from the embeddings alone. "ann" is also built this way for an Index with no folder;
+# an Index loaded from a folder first looks for a saved, up-to-date ANN file there (Index.prepare).
+SEARCH_BACKENDS = {"exact": ExactSearcher, "ann": AnnSearcher.build}
 
 
 class Index:
     """Image paths and their embeddings, searchable by embedding."""
 
-    def __init__(self, paths, embeddings, fingerprint: str, *, image_dir=None, metadata=None, backend="exact"):
-        if backend not in SEARCH_BACKENDS:
-            raise ValueError(f"unknown search backend {backend!r}; choose one of {sorted(SEARCH_BACKENDS)}.")
+    def __init__(self, paths, embeddings, fingerprint: str, *, image_dir=None, metadata=None, backend="auto",
+                 directory=None):
+        if backend not in BACKENDS:
+            raise ValueError(f"unknown search backend {backend!r}; choose one of {list(BACKENDS)}.")
         self.paths = [Path(path) for path in paths]
         self.embeddings = np.asarray(embeddings)
         if self.embeddings.ndim != 2 or len(self.embeddings) != len(self.paths):
@@ -96,6 +109,7 @@ class Index:
         self.image_dir = Path(image_dir) if image_dir is not None else None
         self.metadata = metadata or {}
         self.backend = backend
+        self.directory = Path(directory) if directory is not None else None
         self.report: BuildReport | None = None
         self._searcher = None  # built on first search, so loading stays cheap
 
@@ -106,15 +120,48 @@ class Index:
     def dim(self) -> int:
         return int(self.embeddings.shape[1])
 
+    @property
+    def resolved_backend(self) -> str:
+        """"exact" or "ann": what search() uses ("auto" means ANN from ANN_THRESHOLD images on)."""
+        if self.backend == "auto":
+            return "ann" if len(self) >= ANN_THRESHOLD else "exact"
+        return self.backend
+
+    def prepare(self) -> float | None:
+        """Build the search backend now instead of on the first search.
+
+        For the ANN backend of an index loaded from a folder, an up-to-date saved ANN file is loaded;
+        otherwise one is built and saved beside the embeddings (a folder that cannot be written only
+        logs a warning). Returns the seconds spent building an ANN index, or None if none was built.
+        """
+        if self._searcher is not None:
+            return None
+        built_seconds = None
+        if self.resolved_backend == "ann" and self.directory is not None and self.metadata:
+            searcher = AnnSearcher.load(self.directory, self.metadata, self.embeddings)
+            if searcher is None:
+                start = time.perf_counter()
+                searcher = AnnSearcher.build(self.embeddings)
+                built_seconds = time.perf_counter() - start
+                try:
+                    searcher.save(self.directory, self.metadata)
+                except OSError as error:
+                    logger.warning("could not save the ANN index in %s (%s); it is rebuilt on every load",
+                                   self.directory, error)
+        else:
+            searcher = SEARCH_BACKENDS[self.resolved_backend](self.embeddings)
+        self._searcher = searcher
+        return built_seconds
+
     @classmethod
-    def load(cls, directory, backend: str = "exact", verify_checksum: bool = False) -> "Index":
+    def load(cls, directory, backend: str = "auto", verify_checksum: bool = False) -> "Index":
         directory = Path(directory).expanduser()
         metadata = read_metadata(directory)
         embeddings = load_embeddings(directory, metadata, verify_checksum)
         image_dir = Path(metadata["image_dir"])
         paths = [image_dir / record["path"] for record in metadata["files"]]
         return cls(paths, embeddings, metadata["model_fingerprint"], image_dir=image_dir, metadata=metadata,
-                   backend=backend)
+                   backend=backend, directory=directory)
 
     def search(self, query_embeddings, top_k: int = 5) -> list[list[SearchResult]]:
         """One list of results per query row (a single (dim,) query also gives a list of one list)."""
@@ -126,8 +173,7 @@ class Index:
                 f"query embeddings have shape {queries.shape} but the index has width {self.dim}; "
                 "embed queries with the model that built the index."
             )
-        if self._searcher is None:
-            self._searcher = SEARCH_BACKENDS[self.backend](self.embeddings)
+        self.prepare()
         indices, scores = self._searcher.search(queries, top_k)
         return [
             [SearchResult(self.paths[i], float(s), rank) for rank, (i, s) in enumerate(zip(row_i, row_s), start=1)]
@@ -218,7 +264,7 @@ def _previous_index(out_dir: Path, fingerprint: str, image_dir: Path) -> dict | 
 
 
 def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "float16", progress: bool = True,
-                rebuild: bool = False, checkpoint_every: int = 1024) -> Index:
+                rebuild: bool = False, checkpoint_every: int = 1024, backend: str = "auto") -> Index:
     """Embed every image under image_dir (recursively) into an index in out_dir; return it.
 
     Incremental: when out_dir already holds an index built by the same model (fingerprint) from the
@@ -228,7 +274,11 @@ def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "f
     returned index's `.report` and in metadata.json. Every `checkpoint_every` new embeddings are saved
     under out_dir/partial, so rerunning an interrupted build resumes it; the previous index stays
     intact and loadable until the new one is complete.
+    backend: "auto" (ANN from ANN_THRESHOLD images on), "exact" or "ann". With ANN, the ANN index is
+    built (or an up-to-date one reused) and saved beside the embeddings before returning.
     """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {DTYPES}; got {dtype!r}.")
     for name, value in (("batch_size", batch_size), ("checkpoint_every", checkpoint_every)):
@@ -296,7 +346,10 @@ def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "f
         commit(out_dir, header, embeddings, indexed, report.skipped)
     else:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
-    index = Index.load(out_dir)
+    index = Index.load(out_dir, backend=backend)
+    report.backend = index.resolved_backend
+    if report.backend == "ann":
+        report.ann_seconds = index.prepare()
     index.report = report
     return index
 

@@ -5,6 +5,8 @@ Layout of an index folder (no pickle anywhere):
     embeddings-<token>.npy      (count, dim) float16 or float32, L2-normalized rows, row i = files[i]
     partial/part-<token>.npy    rows embedded by an unfinished build (+ part-<token>.json listing
                                 their files); deleted once a build completes
+    ann-<sha16>.faiss/.json     optional ANN index of the embeddings whose sha256 starts with sha16
+                                (see kclip.ann); used only if its .json matches metadata.json
 
 metadata.json keys: format, format_version, image_dir (absolute), model_fingerprint, embedding_dim,
 dtype, normalized, embeddings_file, embeddings_sha256 (of the array's raw bytes), count,
@@ -160,10 +162,13 @@ def read_checkpoints(checkpoint_dir: Path, header: dict) -> dict:
     return found
 
 
-def _remove_stale_files(out_dir: Path, current_embeddings: str) -> None:
-    """Drop embeddings files no metadata points at any more, temporaries and checkpoints."""
+def _remove_stale_files(out_dir: Path, current_embeddings: str, current_sha256: str) -> None:
+    """Drop embeddings and ANN files no metadata points at any more, temporaries and checkpoints."""
     for path in out_dir.glob("embeddings-*.npy"):
         if path.name != current_embeddings:
+            path.unlink(missing_ok=True)
+    for path in list(out_dir.glob("ann-*.faiss")) + list(out_dir.glob("ann-*.json")):
+        if path.stem != f"ann-{current_sha256[:16]}":
             path.unlink(missing_ok=True)
     for path in out_dir.glob(".*.tmp"):
         path.unlink(missing_ok=True)
@@ -188,4 +193,4 @@ def commit(out_dir: Path, header: dict, embeddings: np.ndarray, records: list, s
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
     }
     _write_json(out_dir / METADATA_FILE, metadata)
-    _remove_stale_files(out_dir, embeddings_file)
+    _remove_stale_files(out_dir, embeddings_file, metadata["embeddings_sha256"])

@@ -22,6 +22,9 @@ _SCORE_BLOCK_ELEMENTS = 1 << 22
 _MIN_DATABASE_CHUNK = 4096
 _MAX_DATABASE_CHUNK = 65536
 
+# Up to this many scores (64 MB of float32) top_k scores a float32 database in one matmul.
+_SINGLE_PASS_ELEMENTS = 1 << 24
+
 # top_k first keeps, per query, the groups of this many scores whose maximum could reach the top k;
 # one elementwise max over the block is far cheaper than np.argpartition over all of it.
 _GROUP_SIZE = 32
@@ -295,7 +298,14 @@ def top_k(query_embeddings, database, k: int, chunk_size: int | None = None):
     if len(database) == 0:
         raise ValueError("cannot search an empty database.")
     k = min(_positive_int(k, "k"), len(database))
-    chunk_size = default_database_chunk(len(queries)) if chunk_size is None else _positive_int(chunk_size, "chunk_size")
+    if chunk_size is None:
+        chunk_size = default_database_chunk(len(queries))
+        if database.dtype == np.float32 and len(queries) * len(database) <= _SINGLE_PASS_ELEMENTS:
+            # Few queries: one matrix-vector product over the whole (float32, uncopied) database
+            # reads it once at memory speed; every extra BLAS call costs a thread hand-off.
+            chunk_size = len(database)
+    else:
+        chunk_size = _positive_int(chunk_size, "chunk_size")
 
     found_indices, found_scores = [], []
     for start in range(0, len(database), chunk_size):

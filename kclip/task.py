@@ -226,3 +226,8 @@ class DualEncoder(keras_hub.models.Task):
         config = super().get_config()
         config.update({"contrastive_loss": self.contrastive_loss, "temperature": self.temperature})
         return config
+
+    @classmethod
+    def from_config(cls, config):
+        # A loaded model is for search and evaluation; `compile()` again to train on.
+        return super().from_config({"compile": False, **config})

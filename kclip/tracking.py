@@ -1,9 +1,30 @@
-"""Callbacks for a training run: crash recovery, a CSV log and Weights & Biases."""
+"""The callbacks of a training run: recall, checkpoints, schedules, crash recovery, CSV and W&B.
 
+W&B is optional (`--trainer.logger none` writes no wandb files at all). When it is on, a run goes
+online only if the user is logged in, and otherwise offline, with one line saying how to sync it;
+the online start has a short timeout and falls back to offline, so nothing waits on the network.
+"""
+
+import math
 import os
+import subprocess
 from dataclasses import asdict
+from pathlib import Path
 
 import keras
+
+from kclip.callbacks import (
+    BestModelExport,
+    EvaluationEarlyStopping,
+    EvaluationReduceLROnPlateau,
+    LearningRateLogger,
+    RecallCallback,
+    ResumeReport,
+    WarmupCosineSchedule,
+)
+
+MONITOR = "val_rsum"
+ONLINE_INIT_TIMEOUT_S = 20
 
 
 def wandb_mode():
@@ -25,32 +46,128 @@ def wandb_mode():
     return "offline"
 
 
+def git_state(path=None):
+    """{'commit': sha, 'dirty': bool} of the git checkout holding kclip, or {} outside one."""
+    path = Path(path or Path(__file__).resolve().parent)
+    try:
+        def git(*args):
+            return subprocess.run(["git", *args], cwd=path, capture_output=True, text=True,
+                                  timeout=5, check=True).stdout.strip()
+
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {}
+
+
 def start_wandb_run(config, output_dir):
+    """Starts (or, offline, records locally) the W&B run for `config`; returns it."""
     import wandb
 
     mode = wandb_mode()
-    run = wandb.init(
+    values = asdict(config)
+    git = git_state()
+    if git:
+        values["git"] = git
+    arguments = dict(
         project=config.trainer.wandb_project,
-        config=asdict(config),
-        dir=str(output_dir),
-        mode=mode,
+        config=values,
+        dir=os.environ.get("WANDB_DIR") or str(output_dir),
+        job_type="train",
     )
+    if mode == "online":
+        try:
+            run = wandb.init(mode="online", settings=wandb.Settings(init_timeout=ONLINE_INIT_TIMEOUT_S), **arguments)
+        except Exception as error:  # no network, server down: keep training, sync later
+            print(f"W&B could not go online ({type(error).__name__}: {error}); logging offline instead.")
+            mode = "offline"
+    if mode != "online":
+        run = wandb.init(mode=mode, **arguments)
     if mode == "offline":
-        print(f"W&B is offline (not logged in): the run is in {run.dir}; "
-              f"upload it later with `wandb sync {os.path.dirname(run.dir)}`.")
+        run_folder = os.path.dirname(run.dir)
+        print(f"W&B is offline (not logged in): the run is in {run_folder}; "
+              f"upload it later with `wandb sync {run_folder}`.", flush=True)
+    if git:
+        run.summary["git_commit"] = git["commit"]
     return run
 
 
-def training_callbacks(config, output_dir):
-    """BackupAndRestore (resume after a crash), CSVLogger and, if enabled, W&B."""
-    callbacks = [
-        keras.callbacks.BackupAndRestore(str(output_dir / "backup")),
-        keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=True),
-        keras.callbacks.TerminateOnNaN(),
-    ]
-    if config.trainer.logger == "wandb":
-        from wandb.integration.keras import WandbMetricsLogger
+def schedule_callbacks(config):
+    trainer = config.trainer
+    if trainer.lr_schedule == "plateau":
+        return [EvaluationReduceLROnPlateau(monitor=MONITOR, mode="max", factor=trainer.plateau_factor,
+                                            patience=trainer.plateau_patience, verbose=1)]
+    if trainer.lr_schedule == "cosine":
+        return [WarmupCosineSchedule(config.model.head_lr, trainer.warmup_epochs, trainer.max_epochs)]
+    return []
 
-        start_wandb_run(config, output_dir)
-        callbacks.append(WandbMetricsLogger(log_freq="epoch"))
+
+def training_callbacks(config, output_dir, validation_images=()):
+    """The callbacks of `train`, in the order they must run at each epoch's end.
+
+    Recall first (it adds the keys the others watch), then the schedules, the best-model export,
+    the backup (after the schedules, so a resumed run has the new learning rate), the CSV log and
+    W&B last. Monitoring callbacks need validation images; without them they are left out.
+    """
+    output_dir = Path(output_dir)
+    trainer = config.trainer
+    callbacks, recall = [], None
+    if validation_images:
+        recall = RecallCallback(validation_images, every_n_epochs=trainer.eval_every_n_epochs,
+                                batch_size=config.data.val_batch_size)
+        callbacks.append(recall)
+    callbacks.append(LearningRateLogger())
+    if recall is not None or trainer.lr_schedule == "cosine":
+        callbacks += schedule_callbacks(config)
+    if recall is not None:
+        callbacks.append(BestModelExport(output_dir / "best.keras", monitor=MONITOR, mode="max"))
+        if trainer.early_stopping_patience is not None:
+            callbacks.append(EvaluationEarlyStopping(monitor=MONITOR, mode="max",
+                                                     patience=trainer.early_stopping_patience, verbose=1))
+    callbacks += [
+        keras.callbacks.BackupAndRestore(str(output_dir / "backup"), double_checkpoint=True),
+        ResumeReport(),
+        keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=True),
+    ]
+    if trainer.terminate_on_nan:
+        callbacks.append(keras.callbacks.TerminateOnNaN())
+    if trainer.logger == "wandb":
+        callbacks += wandb_callbacks(config, output_dir, recall)
     return callbacks
+
+
+def wandb_callbacks(config, output_dir, recall):
+    from wandb.integration.keras import WandbMetricsLogger, WandbModelCheckpoint
+
+    from kclip.wandb_tables import RetrievalTableCallback
+
+    if wandb_mode() == "disabled":
+        return []
+    start_wandb_run(config, output_dir)
+    callbacks = []
+    if recall is not None:
+        callbacks.append(RetrievalTableCallback(
+            recall,
+            max_sentences=config.log_prediction_callback.max_sentences,
+            max_matches=config.log_prediction_callback.max_matches,
+        ))
+    callbacks.append(WandbMetricsLogger(log_freq="epoch"))
+    if config.trainer.checkpoint_model_to_wandb:
+        callbacks.append(WandbModelCheckpoint(str(output_dir / "wandb_checkpoint.keras")))
+    return callbacks
+
+
+def finish_tracking(test_metrics=None, grid_path=None, exit_code=0):
+    """Puts test metrics and the grid on the W&B run (if one is active) and closes it."""
+    try:
+        import wandb
+    except ImportError:
+        return
+    run = wandb.run
+    if run is None:
+        return
+    if test_metrics:
+        run.summary.update({f"test/{key}": value for key, value in test_metrics.items()
+                            if isinstance(value, (int, float)) and math.isfinite(value)})
+    if grid_path is not None and Path(grid_path).exists():
+        run.log({"test/retrieval_grid": wandb.Image(str(grid_path))})
+    run.finish(exit_code=exit_code)

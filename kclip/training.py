@@ -8,10 +8,12 @@ from pathlib import Path
 
 import keras
 
-from kclip.data.pipeline import training_dataset
+from kclip.data.pipeline import datasets_for_training
 from kclip.data.sources import load_records
-from kclip.evaluation import evaluate, format_metrics_table
+from kclip.evaluation import embed_split, evaluate, format_metrics_table, write_grid
 from kclip.towers import build_dual_encoder, build_word_vocabulary
+
+GRID_MAX_ROWS = 12
 
 
 def resolve_precision(precision="auto"):
@@ -88,7 +90,7 @@ def train(config, callbacks=(), verbose="auto"):
 
     Returns (model, history, test_metrics).
     """
-    from kclip.tracking import training_callbacks
+    from kclip.tracking import finish_tracking, training_callbacks
 
     keras.utils.set_random_seed(config.trainer.seed)
     policy = resolve_precision(config.trainer.precision)
@@ -105,47 +107,58 @@ def train(config, callbacks=(), verbose="auto"):
     print(f"Model: {model.count_params():,} parameters, precision {policy}, "
           f"images {config.model.image_size}px {model.backbone.image_data_format}.")
 
-    resizing = model.preprocessor.image_converter.resizing
-    train_data = training_dataset(
-        train_images,
-        resizing,
+    train_data, validation_data = datasets_for_training(
+        records,
+        config.data,
+        model.preprocessor.image_converter.resizing,
         config.model.image_size,
-        config.data.train_batch_size,
         seed=config.trainer.seed,
-        captions=config.data.captions,
-        cache=config.data.cache,
-        augment=config.data.augment,
     )
-    validation_data = None
-    if validation_images:
-        validation_data = training_dataset(
-            validation_images,
-            resizing,
-            config.model.image_size,
-            min(config.data.val_batch_size, len(validation_images)),
-            seed=config.trainer.seed,
-            cache=config.data.cache,
-            shuffle=False,
-            drop_remainder=False,
+    test_metrics, grid_path = None, None
+    try:
+        callbacks = [*training_callbacks(config, output_dir, validation_images), *callbacks]
+        started = time.time()
+        history = model.fit(
+            train_data,
+            validation_data=validation_data,
+            epochs=config.trainer.max_epochs,
+            steps_per_epoch=config.trainer.steps_per_epoch,
+            callbacks=callbacks,
+            verbose=verbose,
         )
-    started = time.time()
-    history = model.fit(
-        train_data,
-        validation_data=validation_data,
-        epochs=config.trainer.max_epochs,
-        steps_per_epoch=config.trainer.steps_per_epoch,
-        callbacks=[*training_callbacks(config, output_dir), *callbacks],
-        verbose=verbose,
-    )
-    print(f"Trained in {time.time() - started:.0f} s.")
-    model_path = export_model(model, output_dir / "model.keras")
-    print(f"Saved {model_path}")
+        print(f"Trained in {time.time() - started:.0f} s.")
+        model_path = export_model(model, output_dir / "model.keras")
+        print(f"Saved {model_path}")
+        test_metrics, grid_path = _final_evaluation(config, model, records, output_dir)
+    except BaseException:
+        finish_tracking(exit_code=1)
+        raise
+    finish_tracking(test_metrics, grid_path)
+    return model, history, test_metrics
 
+
+def _final_evaluation(config, model, records, output_dir):
+    """Test recall (test_metrics.json) and a picture of retrieval results (retrieval_grid.png).
+
+    The grid shows the test split, or the validation split when there is no test split.
+    """
     test_images = records.for_split("test")
     test_metrics = None
+    grid_images, embeddings = test_images, None
     if test_images:
-        test_metrics = evaluate(model, test_images)
+        test_metrics, embeddings = evaluate(model, test_images, batch_size=config.data.val_batch_size,
+                                            return_embeddings=True)
         (output_dir / "test_metrics.json").write_text(json.dumps(test_metrics, indent=2))
         print(f"Test split ({len(test_images)} images):")
         print(format_metrics_table(test_metrics))
-    return model, history, test_metrics
+    else:
+        grid_images = records.for_split("validation")
+        if grid_images:
+            embeddings = embed_split(model, grid_images, batch_size=config.data.val_batch_size)
+    grid_path = None
+    if embeddings is not None:
+        grid_path = write_grid(grid_images, embeddings, output_dir / "retrieval_grid.png",
+                               num_queries=min(config.log_prediction_callback.max_sentences, GRID_MAX_ROWS),
+                               k=config.log_prediction_callback.max_matches)
+        print(f"Wrote {grid_path}")
+    return test_metrics, grid_path

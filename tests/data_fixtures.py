@@ -224,3 +224,36 @@ def make_custom(root: Path, kind: str = "csv") -> Fixture:
                 handle.write(json.dumps({"file": image, "text": text}, ensure_ascii=False) + "\n")
             handle.write("{not json\n")
     return Fixture(data_dir, captions, malformed_lines=0 if kind == "csv" else 1)
+
+
+def make_indexed_custom(root: Path, count: int = 6, captions_per_image: int = 3) -> Fixture:
+    """A custom CSV folder whose image k is a flat (40k, 0, 0) colour and whose captions say "image k".
+
+    Pixels and captions both name their image, so a pipeline that mixes them up is caught.
+    """
+    data_dir = root / f"indexed_{count}"
+    captions = {}
+    for index in range(count):
+        write_image(data_dir / f"{index}.png", colour=(40 * index, 0, 0), size=(20 + index, 16))
+        captions[f"{index}.png"] = [f"image {index} caption {k}" for k in range(captions_per_image)]
+    with open(data_dir / "captions.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        writer.writerows((name, text) for name, texts in captions.items() for text in texts)
+    return Fixture(data_dir, captions)
+
+
+def make_odd_images_custom(root: Path) -> Fixture:
+    """A custom CSV folder of awkward files: EXIF-rotated, CMYK, 16-bit, palette and a large photo."""
+    data_dir = root / "odd_images"
+    write_exif_rotated_jpeg(data_dir / "rotated.jpg")
+    modes = write_mode_images(data_dir / "modes")
+    write_noise_jpeg(data_dir / "large.jpg", size=(1200, 800))
+    names = ["rotated.jpg", "large.jpg"] + [f"modes/{name}" for name in ("cmyk.tif", "sixteen_bit.png", "palette.png")]
+    del modes
+    captions = {name: [f"a picture called {name}"] for name in names}
+    with open(data_dir / "captions.csv", "w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["image", "caption"])
+        writer.writerows((name, texts[0]) for name, texts in captions.items())
+    return Fixture(data_dir, captions)

@@ -5,10 +5,18 @@ Normalization and tokenization happen later, in the model's preprocessor, which
 `Task.fit` maps over these batches inside `tf.data` as well. Everything here runs
 in TensorFlow's threads, off the training thread.
 
-Images are decoded with `kclip.image_io.load_image` (Pillow), the same function
-search and indexing use, so that training and inference see identical pixels
-(EXIF orientation, CMYK, 16-bit and palette files included), then resized by the
-model's own image converter.
+Two sources give the same batches:
+
+- `training_dataset` reads loose files. Images are decoded with
+  `kclip.image_io.load_image` (Pillow), the same function search and indexing use,
+  so that training and inference see identical pixels (EXIF orientation, CMYK,
+  16-bit and palette files included).
+- `prepared_dataset` reads the shards `kclip.data.tfds_builders.prepare_tfds`
+  wrote. Those hold clean RGB JPEGs already normalized by `load_image`, so they are
+  decoded with `tf.io.decode_jpeg`, in TensorFlow's threads, without the GIL.
+
+Both resize with the model's own image converter and share the caption choice,
+shuffling, caching and batching below (`_batches`).
 """
 
 import numpy as np
@@ -23,6 +31,8 @@ except RuntimeError:  # already initialized by the caller: nothing left to hide
     pass
 
 AUTOTUNE = tf.data.AUTOTUNE
+# Encoded images held for shuffling prepared shards (on top of shuffling the shard files).
+DEFAULT_SHUFFLE_BUFFER = 4096
 
 
 def _decoder(image_size):
@@ -36,12 +46,22 @@ def _decoder(image_size):
     return decode
 
 
+def resize_image(image, resizing):
+    """A (H, W, 3) image tensor -> (S, S, 3) uint8 through the model's resizing layer."""
+    resized = resizing(tf.cast(image, "float32"))
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
 def decode_and_resize(path, resizing, image_size):
     """A path tensor -> a (S, S, 3) uint8 image, resized by the model's converter."""
     image = tf.numpy_function(_decoder(image_size), [path], tf.uint8, stateful=False)
     image.set_shape((None, None, 3))
-    resized = resizing(tf.cast(image, "float32"))
-    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+    return resize_image(image, resizing)
+
+
+def decode_jpeg_and_resize(encoded, resizing):
+    """JPEG bytes (as prepared, already RGB and oriented) -> a (S, S, 3) uint8 image."""
+    return resize_image(tf.io.decode_jpeg(encoded, channels=3), resizing)
 
 
 def _augment(image, seed):
@@ -54,78 +74,166 @@ def _augment(image, seed):
     return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
 
 
-def training_dataset(
-    images,
-    resizing,
-    image_size,
-    batch_size,
-    seed=0,
-    captions="one",
-    cache=False,
-    augment=False,
-    shuffle=True,
-    drop_remainder=True,
-):
-    """`CaptionedImage`s -> batches for `DualEncoder.fit`.
-
-    With `captions="one"` every epoch shows each image once, with one of its
-    captions drawn at random (a new draw each epoch), so that one image never fills
-    a batch with false negatives. With `captions="all"` every caption is a row; the
-    loss then counts same-image rows as positives through `image_ids`.
-
-    Args:
-        images: list of `kclip.data.layouts.CaptionedImage`.
-        resizing: the preprocessor's `image_converter.resizing` layer.
-        image_size: the square side the model takes.
-    """
-    if not images:
+def _check_arguments(count, batch_size, captions, drop_remainder):
+    if not count:
         raise ValueError("No images to train on: the split is empty. Check data.dir and the splits.")
     if captions not in ("one", "all"):
         raise ValueError(f"captions must be 'one' or 'all', got {captions!r}.")
-    if len(images) < batch_size and drop_remainder:
+    if count < batch_size and drop_remainder:
         raise ValueError(
-            f"Only {len(images)} training images for batch size {batch_size}: "
+            f"Only {count} training images for batch size {batch_size}: "
             f"lower data.train_batch_size or add data."
         )
-    paths = [str(image.image_path) for image in images]
-    caption_lists = tf.ragged.constant([list(image.captions) for image in images])
-    dataset = tf.data.Dataset.from_tensor_slices(
-        {"path": paths, "image_id": np.arange(len(images), dtype="int32"), "captions": caption_lists}
-    )
-    dataset = dataset.map(
-        lambda item: {**item, "image": decode_and_resize(item["path"], resizing, image_size)},
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
-    )
+
+
+def _batches(items, decode, batch_size, seed, captions, cache, augment, shuffle, drop_remainder,
+             shuffle_buffer):
+    """Items `{"captions": (n,) strings, "image_id": int32, ...}` -> training batches.
+
+    `decode(item)` returns the item with `"image"`, a (S, S, 3) uint8 tensor. Without a
+    cache the (cheap) undecoded items are shuffled before decoding, so the shuffle buffer
+    never holds decoded images; with a cache, decoded images are cached, then shuffled.
+    """
+    def with_image(item):
+        return {"image": decode(item), "captions": item["captions"], "image_id": item["image_id"]}
+
     if cache:
-        dataset = dataset.cache()
+        items = items.map(with_image, num_parallel_calls=AUTOTUNE, deterministic=True).cache()
     if shuffle:
-        dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+        items = items.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    if not cache:
+        items = items.map(with_image, num_parallel_calls=AUTOTUNE, deterministic=True)
     randomness = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-    dataset = tf.data.Dataset.zip(dataset, randomness.batch(2))
+    items = tf.data.Dataset.zip(items, randomness.batch(2))
+
+    def image_of(item, random_pair):
+        if augment:
+            return _augment(item["image"], tf.stack([random_pair[1], random_pair[0]]))
+        return item["image"]
 
     def pick_caption(item, random_pair):
         count = tf.shape(item["captions"], out_type=tf.int64)[0]
         caption = item["captions"][random_pair[0] % count]
-        image = item["image"]
-        if augment:
-            image = _augment(image, tf.stack([random_pair[1], random_pair[0]]))
-        return {"images": image, "captions": caption}, item["image_id"]
+        return {"images": image_of(item, random_pair), "captions": caption}, item["image_id"]
 
     def every_caption(item, random_pair):
         count = tf.shape(item["captions"])[0]
-        image = item["image"]
-        if augment:
-            image = _augment(image, tf.stack([random_pair[1], random_pair[0]]))
+        image = image_of(item, random_pair)
         return tf.data.Dataset.from_tensor_slices(
             ({"images": tf.repeat(image[None], count, axis=0), "captions": item["captions"]},
              tf.repeat(item["image_id"], count))
         )
 
     if captions == "one":
-        dataset = dataset.map(pick_caption, num_parallel_calls=AUTOTUNE)
+        batches = items.map(pick_caption, num_parallel_calls=AUTOTUNE)
     else:
-        dataset = dataset.flat_map(every_caption)
+        batches = items.flat_map(every_caption)
         if shuffle:
-            dataset = dataset.shuffle(8 * batch_size, seed=seed + 1, reshuffle_each_iteration=True)
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+            batches = batches.shuffle(8 * batch_size, seed=seed + 1, reshuffle_each_iteration=True)
+    return batches.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
+
+
+def training_dataset(images, resizing, image_size, batch_size, seed=0, captions="one", cache=False,
+                     augment=False, shuffle=True, drop_remainder=True):
+    """`CaptionedImage`s (loose files) -> batches for `DualEncoder.fit`.
+
+    With `captions="one"` every epoch shows each image once, with one of its
+    captions drawn at random (a new draw each epoch), so that one image never fills
+    a batch with false negatives. With `captions="all"` every caption is a row; the
+    loss then counts same-image rows as positives through `image_ids`, which are
+    positions in `images`.
+
+    Args:
+        images: list of `kclip.data.layouts.CaptionedImage`.
+        resizing: the preprocessor's `image_converter.resizing` layer.
+        image_size: the square side the model takes.
+    """
+    _check_arguments(len(images), batch_size, captions, drop_remainder)
+    paths = [str(image.image_path) for image in images]
+    caption_lists = tf.ragged.constant([list(image.captions) for image in images])
+    items = tf.data.Dataset.from_tensor_slices(
+        {"path": paths, "image_id": np.arange(len(images), dtype="int32"), "captions": caption_lists}
+    )
+    return _batches(
+        items, lambda item: decode_and_resize(item["path"], resizing, image_size), batch_size, seed,
+        captions, cache, augment, shuffle, drop_remainder, shuffle_buffer=len(images),
+    )
+
+
+def prepared_dataset(prepared, split, resizing, batch_size, seed=0, captions="one", cache=False, augment=False,
+                     shuffle=True, drop_remainder=True, shuffle_buffer=DEFAULT_SHUFFLE_BUFFER):
+    """One split of a prepared TFDS data set -> the same batches as `training_dataset`.
+
+    `image_ids` are the images' positions in `records.for_split(split)` (stored at
+    preparation), so validation batches line up with the records exactly as
+    `training_dataset`'s do.
+
+    Args:
+        prepared: a `kclip.data.tfds_builders.PreparedData`, or the folder that
+            holds a prepared version's `dataset_info.json`.
+        split: "train", "validation" or "test".
+        resizing: the preprocessor's `image_converter.resizing` layer.
+        shuffle_buffer: encoded images held for shuffling, on top of shuffling
+            the order of the shard files (default 4096, about 0.4 GB at 512 px).
+    """
+    import tensorflow_datasets as tfds
+
+    from kclip.data.splits import normalise_split_name
+    from kclip.data.tfds_builders import load_prepared_builder
+
+    builder = load_prepared_builder(prepared)
+    split = normalise_split_name(split)
+    if split not in builder.info.splits:
+        raise ValueError(
+            f"The prepared data set at {builder.data_dir} has no {split!r} split "
+            f"(it has {sorted(builder.info.splits)}): that split had no images."
+        )
+    count = builder.info.splits[split].num_examples
+    _check_arguments(count, batch_size, captions, drop_remainder)
+    read_config = tfds.ReadConfig(
+        shuffle_seed=seed, shuffle_reshuffle_each_iteration=True, try_autocache=False,
+    )
+    items = builder.as_dataset(
+        split=split, shuffle_files=shuffle, read_config=read_config,
+        decoders={"image": tfds.decode.SkipDecoding()},
+    )
+    items = items.map(lambda example: {"encoded": example["image"], "captions": example["captions"],
+                                       "image_id": tf.cast(example["index"], tf.int32)})
+    return _batches(
+        items, lambda item: decode_jpeg_and_resize(item["encoded"], resizing), batch_size, seed,
+        captions, cache, augment, shuffle, drop_remainder, shuffle_buffer=min(count, shuffle_buffer),
+    )
+
+
+def datasets_for_training(records, data_config, resizing, image_size, seed=0):
+    """(train, validation or None) for `fit`, as `data_config` asks.
+
+    With `data_config.tfds` (default on) the records are prepared once into TFDS shards
+    (`kclip.data.tfds_builders.prepare_tfds`, reused while the data is unchanged) and read
+    from there; otherwise the loose files are decoded every epoch.
+    """
+    options = dict(captions=data_config.captions, cache=data_config.cache, augment=data_config.augment)
+    if not getattr(data_config, "tfds", True):
+        def read(split, batch_size, **kwargs):
+            return training_dataset(records.for_split(split), resizing, image_size, batch_size, seed=seed, **kwargs)
+    else:
+        from kclip.data.tfds_builders import DEFAULT_MAX_SIDE, prepare_tfds
+
+        prepared = prepare_tfds(
+            records, family=data_config.dataset_name, data_dir=getattr(data_config, "tfds_dir", None),
+            max_side=getattr(data_config, "prepared_max_side", DEFAULT_MAX_SIDE),
+            split_fractions=data_config.split_fractions, max_bad_fraction=data_config.max_bad_fraction)
+        print(f"{'Reusing' if prepared.reused else 'Prepared'} TFDS shards at {prepared.path} "
+              f"({prepared.split_counts()}).")
+        buffer = getattr(data_config, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)
+
+        def read(split, batch_size, **kwargs):
+            return prepared_dataset(prepared, split, resizing, batch_size, seed=seed, shuffle_buffer=buffer, **kwargs)
+
+    train = read("train", data_config.train_batch_size, **options)
+    validation_count = len(records.for_split("validation"))
+    validation = None
+    if validation_count:
+        validation = read("validation", min(data_config.val_batch_size, validation_count), cache=data_config.cache,
+                          shuffle=False, drop_remainder=False)
+    return train, validation

@@ -1,0 +1,97 @@
+"""Shared timing harness for the training benchmarks.
+
+Each benchmark runs warm-up steps, then times `steps` steps one by one and prints
+one JSON line: median and spread of the step time, pairs/s at the median, peak RSS.
+Benchmarks state their sizes in the line, because a full-size step and a tiny one
+differ by 100x.
+"""
+
+import json
+import platform
+import resource
+import statistics
+import subprocess
+import time
+
+# Sizes shared by the kclip benchmark and the plain-torch reference.
+SIZES = {
+    # ResNet50 (23.6M) + DistilBERT base (66.4M), as resnet_50_imagenet + distil_bert_base_en_uncased.
+    "full": {
+        "image_size": 224,
+        "resnet": {
+            "input_conv_filters": [64],
+            "input_conv_kernel_sizes": [7],
+            "stackwise_num_filters": [64, 128, 256, 512],
+            "stackwise_num_blocks": [3, 4, 6, 3],
+            "stackwise_num_strides": [1, 2, 2, 2],
+            "block_type": "bottleneck_block",
+        },
+        "bert": {"vocabulary_size": 30522, "num_layers": 6, "num_heads": 12, "hidden_dim": 768,
+                 "intermediate_dim": 3072, "max_sequence_length": 512},
+        "sequence_length": 32,
+        "projection_dim": 256,
+    },
+    # ResNet18-sized + a 2-layer, 256-wide BERT.
+    "small": {
+        "image_size": 128,
+        "resnet": {
+            "input_conv_filters": [64],
+            "input_conv_kernel_sizes": [7],
+            "stackwise_num_filters": [64, 128, 256, 512],
+            "stackwise_num_blocks": [2, 2, 2, 2],
+            "stackwise_num_strides": [1, 2, 2, 2],
+            "block_type": "basic_block",
+        },
+        "bert": {"vocabulary_size": 30522, "num_layers": 2, "num_heads": 4, "hidden_dim": 256,
+                 "intermediate_dim": 1024, "max_sequence_length": 512},
+        "sequence_length": 32,
+        "projection_dim": 256,
+    },
+}
+
+
+def peak_rss_mb():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def machine():
+    try:
+        model = subprocess.run(
+            ["sh", "-c", "lscpu | sed -n 's/^Model name: *//p'"], capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        model = platform.processor()
+    return model or platform.processor()
+
+
+def time_steps(step, warmup, steps, synchronize=lambda: None):
+    """Calls `step()` warmup + steps times; returns the timed steps' seconds."""
+    for _ in range(warmup):
+        step()
+    synchronize()
+    times = []
+    for _ in range(steps):
+        started = time.perf_counter()
+        step()
+        synchronize()
+        times.append(time.perf_counter() - started)
+    return times
+
+
+def report(name, times, batch_size, **fields):
+    median = statistics.median(times)
+    line = {
+        "benchmark": name,
+        "median_step_s": round(median, 4),
+        "min_step_s": round(min(times), 4),
+        "max_step_s": round(max(times), 4),
+        "steps": len(times),
+        "batch_size": batch_size,
+        "pairs_per_s": round(batch_size / median, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "machine": machine(),
+        "date": time.strftime("%Y-%m-%d"),
+        **fields,
+    }
+    print(json.dumps(line), flush=True)
+    return line

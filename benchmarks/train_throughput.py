@@ -1,0 +1,131 @@
+"""Training throughput of kclip's `fit` train step, in pairs/s, on synthetic tensors.
+
+    python benchmarks/train_throughput.py --size full --precision mixed_bfloat16 --batch-size 32
+    python benchmarks/train_throughput.py --config configs/demo.yaml --batch-size 64
+
+`--size full|small` builds the towers of benchmarks/harness.py (random weights, the
+same shapes as the presets); `--config` uses a config's from-scratch towers.
+The data pipeline is left out: batches are fixed, already-preprocessed tensors, so
+this measures the model step alone (benchmarks/data_pipeline.py measures input).
+"""
+
+import argparse
+import os
+import sys
+import time
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from harness import SIZES, report  # noqa: E402
+from kclip.config import ModelConfig, parse_config  # noqa: E402
+from kclip.towers import build_dual_encoder, build_word_vocabulary  # noqa: E402
+from kclip.training import resolve_precision  # noqa: E402
+
+
+def model_config_for(args):
+    if args.config:
+        config = parse_config(["--config", args.config])
+        return config.model, config.data.max_length
+    size = SIZES[args.size]
+    bert = dict(size["bert"])
+    bert.pop("vocabulary_size")
+    return (
+        ModelConfig(
+            image_encoder="ResNetBackbone",
+            image_encoder_config=size["resnet"],
+            text_encoder="DistilBertBackbone",
+            text_encoder_config=bert,
+            image_size=size["image_size"],
+            image_data_format=args.data_format,
+            projection_dims=size["projection_dim"],
+        ),
+        size["sequence_length"],
+    )
+
+
+class StepTimer(keras.callbacks.Callback):
+    def __init__(self, synchronize):
+        super().__init__()
+        self.synchronize, self.times = synchronize, []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.synchronize()
+        self.started = time.perf_counter()
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.synchronize()
+        self.times.append(time.perf_counter() - self.started)
+
+
+def time_fit_steps(model, inputs, labels, warmup, steps, synchronize):
+    """Times `fit`'s own train steps (one epoch of warmup + steps batches)."""
+    import tensorflow as tf
+
+    # The same batch each step, through tf.data as in training: `fit` still converts
+    # and copies it to the device every step.
+    batches = tf.data.Dataset.from_tensors((inputs, labels)).repeat(warmup + steps)
+    timer = StepTimer(synchronize)
+    model.fit(batches, epochs=1, verbose=0, callbacks=[timer])
+    return timer.times[warmup:]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--config", help="take the towers from a config instead of --size")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+
+    policy = resolve_precision(args.precision)
+    keras.config.set_dtype_policy(policy)
+    keras.utils.set_random_seed(0)
+    model_config, sequence_length = model_config_for(args)
+    vocabulary_size = SIZES[args.size]["bert"]["vocabulary_size"] if not args.config else model_config.vocabulary_size
+    vocabulary = build_word_vocabulary([f"w{i}" for i in range(vocabulary_size)], max_size=vocabulary_size)
+    model = build_dual_encoder(model_config, sequence_length=sequence_length, vocabulary=vocabulary)
+    model.compile(
+        learning_rate=model_config.head_lr,
+        image_learning_rate=model_config.image_encoder_lr,
+        text_learning_rate=model_config.text_encoder_lr,
+    )
+    model.preprocessor = None  # synthetic tensors are already preprocessed
+
+    rng = np.random.default_rng(0)
+    size, batch = model_config.image_size, args.batch_size
+    inputs = {
+        "images": rng.standard_normal((batch, size, size, 3), dtype="float32"),
+        "token_ids": rng.integers(5, vocabulary_size, (batch, sequence_length)).astype("int32"),
+        "padding_mask": np.ones((batch, sequence_length), dtype="int32"),
+    }
+    image_ids = np.arange(batch)
+    synchronize = lambda: None  # noqa: E731
+    if keras.config.backend() == "torch":
+        import torch
+
+        if torch.cuda.is_available():
+            synchronize = torch.cuda.synchronize
+    times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
+    report(
+        "kclip_fit_step",
+        times,
+        batch,
+        size=args.config or args.size,
+        image_size=size,
+        sequence_length=sequence_length,
+        precision=policy,
+        data_format=model.backbone.image_data_format,
+        parameters=model.count_params(),
+        backend=keras.config.backend(),
+    )
+
+
+if __name__ == "__main__":
+    main()

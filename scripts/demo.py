@@ -1,0 +1,46 @@
+"""The embedded demo: train, index the held-out images, report recall, search.
+
+    python scripts/demo.py [config overrides, e.g. --trainer.max_epochs 5]
+"""
+
+import os
+import sys
+
+os.environ.setdefault("KERAS_BACKEND", "torch")
+
+import kclip  # noqa: E402
+from kclip.data.sources import link_split_images, load_records  # noqa: E402
+from kclip.grid import render_grid  # noqa: E402
+
+FREE_QUERIES = ["a red circle to the left of a blue square", "a big yellow star"]
+
+
+def main(argv):
+    config = kclip.parse_config(["--config", "configs/demo.yaml", *argv])
+    model, _, test_metrics = kclip.train(config)
+
+    records = load_records(config.data, config.output_dir, seed=config.trainer.seed)
+    held_out = link_split_images(records, "test", os.path.join(config.output_dir, "held_out_images"))
+    index = kclip.build_index(model, os.path.join(config.output_dir, "held_out_images"),
+                              os.path.join(config.output_dir, "index"))
+    print(f"Indexed {len(index)} held-out images in {config.output_dir}/index")
+
+    # Captions of held-out images have a known answer; free queries show open search.
+    samples = [(image.captions[0], path) for path, image in list(held_out.items())[:4]]
+    samples += [(query, None) for query in FREE_QUERIES]
+    rows = []
+    for query, truth in samples:
+        results = kclip.search(query, model=model, index=index, top_k=5)
+        print(f"\n{query!r}" + (f"  (true image: {truth.name})" if truth else ""))
+        for result in results:
+            mark = "  <- true image" if truth and result.path.name == truth.name else ""
+            print(f"  {result.score:.3f}  {result.path.name}{mark}")
+        rows.append((query, [(r.path, r.score, None if truth is None else r.path.name == truth.name)
+                             for r in results]))
+    grid = render_grid(rows, os.path.join(config.output_dir, "search_grid.png"), tile_size=96)
+    print(f"\nSearch results grid: {grid}")
+    print(f"Test text->image R@5: {test_metrics['t2i_r@5']:.3f}  (model: {config.output_dir}/model.keras)")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,153 @@
+"""Training-time tracking: recall in the logs, best model, grid picture, W&B offline and off."""
+
+import csv
+import glob
+import hashlib
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from helpers import tiny_config
+
+RECALL_KEYS = ["val_t2i_r@1", "val_t2i_r@5", "val_t2i_r@10", "val_i2t_r@1", "val_i2t_r@5", "val_i2t_r@10", "val_rsum"]
+
+
+def _wandb_env(monkeypatch, tmp_path, mode):
+    folders = {name: tmp_path / name.lower() for name in ("WANDB_DIR", "WANDB_DATA_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR")}
+    for name, folder in folders.items():
+        monkeypatch.setenv(name, str(folder))
+    monkeypatch.setenv("WANDB_MODE", mode)
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.chdir(tmp_path)
+    return folders
+
+
+def test_logger_none_recall_best_model_and_grid(tmp_path, monkeypatch, capsys):
+    from kclip.grid import PADDING, GridLayout
+    from kclip.training import GRID_MAX_ROWS, train
+
+    folders = _wandb_env(monkeypatch, tmp_path, "offline")  # logger none must win over the environment
+    config = tiny_config(tmp_path / "run", tmp_path / "data", max_epochs=3, steps_per_epoch=2,
+                         eval_every_n_epochs=2, logger="none")
+    config.log_prediction_callback.max_sentences = 4
+    config.log_prediction_callback.max_matches = 3
+    _, history, test_metrics = train(config, verbose=0)
+
+    # Recall every 2 epochs and after the last one; NaN in between, so columns stay aligned.
+    for key in RECALL_KEYS:
+        values = history.history[key]
+        assert len(values) == 3
+        assert math.isnan(values[0]) and all(np.isfinite(values[1:]))
+    assert 0.0 <= history.history["val_rsum"][-1] <= 6.0
+    assert "learning_rate" in history.history
+    with open(tmp_path / "run" / "history.csv") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
+    assert set(RECALL_KEYS) <= set(rows[0])
+
+    best = json.loads((tmp_path / "run" / "best.json").read_text())
+    assert best["val_rsum"] == max(history.history["val_rsum"][1:])
+    assert (tmp_path / "run" / "best.keras").stat().st_size > 0
+    assert test_metrics["num_images"] > 0
+
+    # No W&B at all.
+    assert not any(folder.exists() for folder in folders.values())
+    assert not list(tmp_path.rglob("*wandb*"))
+    assert "wandb sync" not in capsys.readouterr().out
+
+    # The grid: one row per query, max_matches tiles per row, the exact documented geometry.
+    grid = Image.open(tmp_path / "run" / "retrieval_grid.png").convert("RGB")
+    num_rows = min(config.log_prediction_callback.max_sentences, GRID_MAX_ROWS)
+    layout = GridLayout(num_rows, 3, 96, 2 * 96)
+    assert grid.size == (layout.width, layout.height)
+    pixels = np.asarray(grid)
+    for row in range(num_rows):
+        for column in range(3):
+            left, top, right, bottom = layout.tile_box(row, column)
+            assert pixels[top:bottom, left:right].std() > 0, f"tile {row},{column} is blank"
+    # Nothing right of the last column: exactly 3 tiles per row.
+    assert (pixels[:, layout.tile_box(0, 2)[2] + PADDING:] == 255).all()
+
+
+def _staged_files(data_dir):
+    staged = {}
+    for path in glob.glob(str(Path(data_dir) / "artifacts" / "staging" / "*")):
+        content = Path(path).read_bytes()
+        staged[hashlib.sha256(content).hexdigest()] = content
+    return staged
+
+
+def test_wandb_offline_run_has_metrics_and_retrieval_table(tmp_path, monkeypatch, capsys):
+    from kclip.training import train
+
+    folders = _wandb_env(monkeypatch, tmp_path, "offline")
+    config = tiny_config(tmp_path / "run", tmp_path / "data", max_epochs=2, steps_per_epoch=2,
+                         logger="wandb", lr_schedule="cosine", warmup_epochs=0.5)
+    config.log_prediction_callback.max_sentences = 4
+    config.log_prediction_callback.max_matches = 3
+    _, history, _ = train(config, verbose=0)
+
+    output = capsys.readouterr().out
+    run_dirs = glob.glob(str(folders["WANDB_DIR"] / "wandb" / "offline-run-*"))
+    assert len(run_dirs) == 1
+    assert f"wandb sync {run_dirs[0]}" in output
+    # Cosine schedule: warmup then decay, below the peak by the end.
+    rates = history.history["learning_rate"]
+    assert rates[-1] < config.model.head_lr
+
+    # Metrics, config and git commit are in the run's log.
+    log = Path(glob.glob(f"{run_dirs[0]}/run-*.wandb")[0]).read_bytes()
+    for key in (b"epoch/val_rsum", b"epoch/val_t2i_r@1", b"epoch/learning_rate", b"projection_dims"):
+        assert key in log, key
+
+    # The retrieval tables: staged for sync under WANDB_DATA_DIR with every image file they name.
+    staged = _staged_files(folders["WANDB_DATA_DIR"])
+    tables = [json.loads(content) for content in staged.values() if content.startswith(b"{")]
+    tables = [table for table in tables if "columns" in table]
+    predictions = [table for table in tables if "match_1" in table["columns"]]
+    assert predictions, [table["columns"] for table in tables]
+    for table in predictions:
+        columns = table["columns"]
+        assert {"caption", "true_image", "result", "true_rank", "top_matches", "match_3", "score_3"} <= set(columns)
+        assert len(table["data"]) == 4
+        for row in table["data"]:
+            values = dict(zip(columns, row))
+            rank = values["true_rank"]
+            assert values["result"] == (f"hit @{rank}" if rank <= 3 else f"miss (rank {rank})")
+            assert values["score_1"] >= values["score_2"] >= values["score_3"]
+            images = [value for value in row if isinstance(value, dict) and value.get("_type") == "image-file"]
+            assert len(images) == 5  # true image, strip, 3 matches
+            for image in images:
+                assert image["sha256"] in staged, f"missing image file {image['path']}"
+    data_tables = [table for table in tables if table["columns"][:2] == ["image_index", "image"]]
+    assert data_tables and len(data_tables[0]["data"]) > 0
+    # Run media (the workspace table and the test grid) are in the run folder.
+    assert glob.glob(f"{run_dirs[0]}/files/media/table/val_retrieval_*.table.json")
+    assert glob.glob(f"{run_dirs[0]}/files/media/images/test/retrieval_grid_*.png")
+
+
+def test_warmup_cosine_curve():
+    from kclip.callbacks import warmup_cosine
+
+    assert warmup_cosine(0.5, 1.0, 1.0, 10) == pytest.approx(0.5)
+    assert warmup_cosine(1.0, 1.0, 1.0, 10) == pytest.approx(1.0)
+    assert warmup_cosine(5.5, 1.0, 1.0, 10) == pytest.approx(0.5)
+    assert warmup_cosine(10, 1.0, 1.0, 10) == pytest.approx(0.0)
+    assert warmup_cosine(3, 1.0, 2.0, 2) == pytest.approx(1.0)
+    assert warmup_cosine(0.5, 2.0, 0.0, 1) == pytest.approx(1.0)
+
+
+def test_wandb_mode_offline_without_login(monkeypatch, tmp_path):
+    from kclip.tracking import wandb_mode
+
+    _wandb_env(monkeypatch, tmp_path, "offline")
+    monkeypatch.delenv("WANDB_MODE")
+    monkeypatch.setenv("NETRC", str(tmp_path / "no-netrc"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert wandb_mode() == "offline"
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    assert wandb_mode() == "disabled"
