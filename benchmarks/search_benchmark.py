@@ -160,7 +160,8 @@ def model_facts(model, name):
 
 
 def end_to_end(model, name, rows):
-    from kclip.index import Index, search
+    from kclip.index import Index
+    from kclip.search import search
 
     dim = int(model.encode_text(["warm up"]).shape[1])
     index = Index([f"/photos/{i}.jpg" for i in range(rows)], unit_rows(rows, dim, seed=4, dtype=np.float16),

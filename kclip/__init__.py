@@ -17,7 +17,8 @@ import keras  # noqa: E402
 from kclip.backbone import DualEncoderBackbone  # noqa: E402
 from kclip.config import Config, DataConfig, ModelConfig, TrainerConfig, parse_config  # noqa: E402
 from kclip.evaluation import evaluate  # noqa: E402
-from kclip.index import Index, SearchResult, build_index, classify, search  # noqa: E402
+from kclip.index import Index, SearchResult, build_index  # noqa: E402
+from kclip.search import classify, search  # noqa: E402
 from kclip.layers import ContrastiveLogits, L2Normalize, ProjectionHead  # noqa: E402
 from kclip.optimizers import MultiRateAdamW  # noqa: E402
 from kclip.preprocessor import DualEncoderPreprocessor  # noqa: E402

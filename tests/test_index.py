@@ -9,7 +9,8 @@ from PIL import Image
 
 import kclip.index_store
 from fake_encoder import COLOURS, FakeEncoder, solid_image
-from kclip.index import Index, SearchResult, build_index, classify, search
+from kclip.index import Index, SearchResult, build_index
+from kclip.search import classify, search
 
 
 def write_image(path: Path, colour) -> Path:
