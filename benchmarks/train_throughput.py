@@ -21,6 +21,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harness import SIZES, report  # noqa: E402
+from kclip import fused_batch_norm  # noqa: E402
 from kclip.config import ModelConfig, parse_config  # noqa: E402
 from kclip.towers import build_dual_encoder, build_word_vocabulary  # noqa: E402
 from kclip.training import resolve_precision  # noqa: E402
@@ -80,6 +81,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
+    parser.add_argument("--fused-batch-norm", default="on", choices=["on", "off"],
+                        help="torch's fused BatchNormalization while training (kclip.train's default: on)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
@@ -112,7 +115,8 @@ def main():
 
         if torch.cuda.is_available():
             synchronize = torch.cuda.synchronize
-    times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
+    with fused_batch_norm.enabled(args.fused_batch_norm == "on"):
+        times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
     report(
         "kclip_fit_step",
         times,
@@ -122,6 +126,7 @@ def main():
         sequence_length=sequence_length,
         precision=policy,
         data_format=model.backbone.image_data_format,
+        fused_batch_norm=args.fused_batch_norm,
         parameters=model.count_params(),
         backend=keras.config.backend(),
     )

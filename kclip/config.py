@@ -99,6 +99,8 @@ class TrainerConfig:
     early_stopping_patience: Optional[int] = None
     """Stop after this many evaluations without a better val_rsum; None: never stop early."""
     terminate_on_nan: bool = True
+    fused_batch_norm: bool = True
+    """On torch, run BatchNormalization as torch's fused kernel while training (same math, faster)."""
     checkpoint_model_to_wandb: bool = False
     """Upload the model to W&B each epoch (WandbModelCheckpoint): the whole file every time."""
 

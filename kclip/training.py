@@ -8,6 +8,7 @@ from pathlib import Path
 
 import keras
 
+from kclip import fused_batch_norm
 from kclip.data.pipeline import datasets_for_training
 from kclip.data.sources import load_records
 from kclip.evaluation import embed_split, evaluate, format_metrics_table, write_grid
@@ -118,14 +119,15 @@ def train(config, callbacks=(), verbose="auto"):
     try:
         callbacks = [*training_callbacks(config, output_dir, validation_images), *callbacks]
         started = time.time()
-        history = model.fit(
-            train_data,
-            validation_data=validation_data,
-            epochs=config.trainer.max_epochs,
-            steps_per_epoch=config.trainer.steps_per_epoch,
-            callbacks=callbacks,
-            verbose=verbose,
-        )
+        with fused_batch_norm.enabled(config.trainer.fused_batch_norm):
+            history = model.fit(
+                train_data,
+                validation_data=validation_data,
+                epochs=config.trainer.max_epochs,
+                steps_per_epoch=config.trainer.steps_per_epoch,
+                callbacks=callbacks,
+                verbose=verbose,
+            )
         print(f"Trained in {time.time() - started:.0f} s.")
         model_path = export_model(model, output_dir / "model.keras")
         print(f"Saved {model_path}")
