@@ -11,6 +11,8 @@ import os
 
 # kclip ships on the torch backend; the choice must be made before keras is imported.
 os.environ.setdefault("KERAS_BACKEND", "torch")
+# TensorFlow only feeds data here; its C++ start-up log (CUDA probing, oneDNN notes) is noise.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
