@@ -13,10 +13,6 @@ import os
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
-# One query is one matrix-vector product, which one core streams at memory speed; a second BLAS
-# thread only adds a hand-off (3x slower when the cores are busy). numpy's OpenBLAS only: the
-# model's torch threads are not affected.
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import kclip  # noqa: E402
 from kclip.grid import render_grid  # noqa: E402
