@@ -5,7 +5,8 @@ which on torch means about ten elementwise kernels forward and more backward, an
 keeps their intermediates for autograd. torch's own `batch_norm` does the same
 math in one fused kernel each way. `enable()` makes every Keras
 `BatchNormalization` on the torch backend use it, with Keras' semantics kept:
-float32 computation under mixed precision, biased batch variance, and Keras'
+float32 statistics and arithmetic under mixed precision (torch's kernel accumulates
+half-precision input in float32), biased batch variance, and Keras'
 momentum convention for the moving statistics. Masks, renorm, synchronized BN and
 channels-last 4-D inputs fall back to Keras' own implementation.
 
@@ -32,7 +33,11 @@ def _fused_call(self, inputs, training=None, mask=None):
     if rank == 2 and axis != 1:
         return _original_call(self, inputs, training=training, mask=mask)
 
-    inputs = inputs.float()  # as Keras: BN overflows easily in float16/bfloat16
+    # Keras upcasts float16/bfloat16 activations to float32 here, because BN overflows easily
+    # in half precision. torch's kernel takes half-precision input with float32 parameters
+    # and accumulates in float32 itself, so the two activation-sized copies can be skipped.
+    if inputs.dtype not in (torch.float16, torch.bfloat16):
+        inputs = inputs.float()
     gamma = self.gamma.value.float() if self.scale else None
     beta = self.beta.value.float() if self.center else None
     if training and self.trainable:
