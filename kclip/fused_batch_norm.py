@@ -28,9 +28,8 @@ def _fused_call(self, inputs, training=None, mask=None):
 
     rank = len(inputs.shape)
     axis = self.axis if self.axis >= 0 else rank + self.axis
-    if mask is not None or self.renorm or getattr(self, "synchronized", False) or axis != 1 and rank > 2:
-        return _original_call(self, inputs, training=training, mask=mask)
-    if rank == 2 and axis != 1:
+    # torch's kernel normalizes over dimension 1: channels-first images, or (batch, features).
+    if mask is not None or self.renorm or getattr(self, "synchronized", False) or axis != 1:
         return _original_call(self, inputs, training=training, mask=mask)
 
     # Keras upcasts float16/bfloat16 activations to float32 here, because BN overflows easily

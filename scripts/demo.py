@@ -19,7 +19,8 @@ def main(argv):
     config = kclip.parse_config(["--config", "configs/demo.yaml", *argv])
     model, _, test_metrics = kclip.train(config)
 
-    records = load_records(config.data, config.output_dir, seed=config.trainer.seed)
+    # Training has just decoded and checked every image; only the split lists are needed.
+    records = load_records(config.data, config.output_dir, seed=config.trainer.seed, check_images=False)
     held_out = link_split_images(records, "test", os.path.join(config.output_dir, "held_out_images"))
     index = kclip.build_index(model, os.path.join(config.output_dir, "held_out_images"),
                               os.path.join(config.output_dir, "index"))

@@ -1,18 +1,18 @@
 """Getting the data: kagglehub and W&B downloads, with the download itself replaced."""
 
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
 from data_fixtures import make_kaggle_flickr8k
+from kclip.config import DataConfig
 from kclip.data import sources
 
 
 def _config(**overrides):
     values = dict(dataset_name="flickr8k", dir=None, artifact_id=None, kaggle_handle=None,
-                  split_fractions=(0.8, 0.1, 0.1), max_bad_fraction=0.9, num_images=10)
-    return SimpleNamespace(**{**values, **overrides})
+                  split_fractions=[0.8, 0.1, 0.1], max_bad_fraction=0.9, num_images=10)
+    return DataConfig(**{**values, **overrides})
 
 
 def test_kaggle_handle_downloads_through_kagglehub_and_finds_the_nested_layout(tmp_path, monkeypatch):

@@ -2,7 +2,7 @@
 
 import csv
 import json
-from types import SimpleNamespace
+import dataclasses
 
 import keras_hub
 import numpy as np
@@ -12,6 +12,7 @@ import tensorflow_datasets as tfds
 
 from data_fixtures import (make_custom, make_flickr8k_original, make_indexed_custom, make_kaggle_flickr8k,
                            make_kaggle_flickr30k, make_karpathy, make_odd_images_custom)
+from kclip.config import DataConfig
 from kclip.data.layouts import read_captioned_images
 from kclip.data.pipeline import datasets_for_training, prepared_dataset, training_dataset
 from kclip.data.splits import SPLITS
@@ -172,9 +173,9 @@ def test_reader_errors_for_a_missing_split_or_too_small_a_split(indexed, tmp_pat
 def test_datasets_for_training_prepares_once_then_reads_the_shards(tmp_path, capsys):
     fixture = make_indexed_custom(tmp_path, count=8)
     records = read_captioned_images(fixture.data_dir, split_fractions=(0.5, 0.5, 0.0))
-    data = SimpleNamespace(dataset_name="custom", tfds=True, tfds_dir=str(tmp_path / "tfds"), prepared_max_side=64,
-                           captions="one", cache=False, augment=False, train_batch_size=2, val_batch_size=128,
-                           split_fractions=(0.5, 0.5, 0.0), max_bad_fraction=0.05, shuffle_buffer=16)
+    data = DataConfig(dataset_name="custom", tfds=True, tfds_dir=str(tmp_path / "tfds"), prepared_max_side=64,
+                      captions="one", cache=False, augment=False, train_batch_size=2, val_batch_size=128,
+                      split_fractions=[0.5, 0.5, 0.0], max_bad_fraction=0.05, shuffle_buffer=16)
     train, validation = datasets_for_training(records, data, RESIZING, 8, seed=3)
     assert "Prepared TFDS shards" in capsys.readouterr().out
     validation_ids = np.concatenate([ids.numpy() for _, ids in validation])
@@ -182,6 +183,6 @@ def test_datasets_for_training_prepares_once_then_reads_the_shards(tmp_path, cap
     assert sum(ids.shape[0] for _, ids in train) == 2 * (len(records.for_split("train")) // 2)
     datasets_for_training(records, data, RESIZING, 8, seed=3)
     assert "Reusing TFDS shards" in capsys.readouterr().out
-    loose, _ = datasets_for_training(records, SimpleNamespace(**{**vars(data), "tfds": False}), RESIZING, 8)
+    loose, _ = datasets_for_training(records, dataclasses.replace(data, tfds=False), RESIZING, 8)
     assert loose.element_spec == train.element_spec
     assert isinstance(train, tf.data.Dataset)

@@ -213,19 +213,19 @@ def datasets_for_training(records, data_config, resizing, image_size, seed=0):
     from there; otherwise the loose files are decoded every epoch.
     """
     options = dict(captions=data_config.captions, cache=data_config.cache, augment=data_config.augment)
-    if not getattr(data_config, "tfds", True):
+    if not data_config.tfds:
         def read(split, batch_size, **kwargs):
             return training_dataset(records.for_split(split), resizing, image_size, batch_size, seed=seed, **kwargs)
     else:
-        from kclip.data.tfds_builders import DEFAULT_MAX_SIDE, prepare_tfds
+        from kclip.data.tfds_builders import prepare_tfds
 
         prepared = prepare_tfds(
-            records, family=data_config.dataset_name, data_dir=getattr(data_config, "tfds_dir", None),
-            max_side=getattr(data_config, "prepared_max_side", DEFAULT_MAX_SIDE),
+            records, family=data_config.dataset_name, data_dir=data_config.tfds_dir,
+            max_side=data_config.prepared_max_side,
             split_fractions=data_config.split_fractions, max_bad_fraction=data_config.max_bad_fraction)
         print(f"{'Reusing' if prepared.reused else 'Prepared'} TFDS shards at {prepared.path} "
               f"({prepared.split_counts()}).")
-        buffer = getattr(data_config, "shuffle_buffer", DEFAULT_SHUFFLE_BUFFER)
+        buffer = data_config.shuffle_buffer
 
         def read(split, batch_size, **kwargs):
             return prepared_dataset(prepared, split, resizing, batch_size, seed=seed, shuffle_buffer=buffer, **kwargs)

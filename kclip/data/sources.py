@@ -89,7 +89,7 @@ def resolve_data_dir(data_config, seed=0):
         )
     if data_config.artifact_id:
         return find_layout_root(download_wandb_artifact(data_config.artifact_id, root=data_config.dir))
-    kaggle_handle = getattr(data_config, "kaggle_handle", None)
+    kaggle_handle = data_config.kaggle_handle
     if kaggle_handle:
         return download_kaggle_dataset(kaggle_handle, output_dir=data_config.dir)
     if not data_config.dir:
@@ -104,18 +104,22 @@ def resolve_data_dir(data_config, seed=0):
     return data_dir
 
 
-def load_records(data_config, report_dir, seed=0):
-    """`DataConfig` -> `CaptionRecords`, with the skip report in `report_dir`."""
+def load_records(data_config, report_dir, seed=0, check_images=True):
+    """`DataConfig` -> `CaptionRecords`, with the skip report in `report_dir`.
+
+    `check_images=False` skips decoding every image, for a caller that reads records a
+    training run has just checked.
+    """
     data_dir = resolve_data_dir(data_config, seed=seed)
     Path(report_dir).mkdir(parents=True, exist_ok=True)
     return read_captioned_images(
         data_dir,
         split_fractions=data_config.split_fractions,
         max_bad_fraction=data_config.max_bad_fraction,
+        check_images=check_images,
         report_path=Path(report_dir) / "skipped_items.txt",
-        # A custom caption file may name its columns otherwise ("file", "text", ...).
-        image_column=getattr(data_config, "image_column", "image"),
-        caption_column=getattr(data_config, "caption_column", "caption"),
+        image_column=data_config.image_column,
+        caption_column=data_config.caption_column,
     )
 
 
