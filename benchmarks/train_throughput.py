@@ -21,10 +21,10 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harness import SIZES, report  # noqa: E402
-from kclip import fused_batch_norm  # noqa: E402
+from kclip import optimizers  # noqa: E402
 from kclip.config import ModelConfig, parse_config  # noqa: E402
 from kclip.towers import build_dual_encoder, build_word_vocabulary  # noqa: E402
-from kclip.training import resolve_precision  # noqa: E402
+from kclip.training import resolve_precision, training_levers  # noqa: E402
 
 
 def model_config_for(args):
@@ -83,6 +83,14 @@ def main():
     parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
     parser.add_argument("--fused-batch-norm", default="on", choices=["on", "off"],
                         help="torch's fused BatchNormalization while training (kclip.train's default: on)")
+    parser.add_argument("--release-intermediates", default="on", choices=["on", "off"],
+                        help="free functional-graph activations after their last use (kclip.train's default: on)")
+    parser.add_argument("--fast-conv-kernels", default="on", choices=["on", "off"],
+                        help="conv kernels in torch's layout while training (kclip.train's default: on)")
+    parser.add_argument("--fused-adam", default="on", choices=["on", "off"],
+                        help="torch's fused Adam kernel for MultiRateAdamW's update (kclip's default: on)")
+    parser.add_argument("--sequence-length", type=int,
+                        help="padded caption length (default: the size's 32, or the config's max_length)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
@@ -91,6 +99,7 @@ def main():
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
     model_config, sequence_length = model_config_for(args)
+    sequence_length = args.sequence_length or sequence_length
     vocabulary_size = SIZES[args.size]["bert"]["vocabulary_size"] if not args.config else model_config.vocabulary_size
     vocabulary = build_word_vocabulary([f"w{i}" for i in range(vocabulary_size)], max_size=vocabulary_size)
     model = build_dual_encoder(model_config, sequence_length=sequence_length, vocabulary=vocabulary)
@@ -115,7 +124,10 @@ def main():
 
         if torch.cuda.is_available():
             synchronize = torch.cuda.synchronize
-    with fused_batch_norm.enabled(args.fused_batch_norm == "on"):
+    if args.fused_adam == "off":
+        optimizers._fused_adam_kernel = lambda: None
+    levers = [args.fused_batch_norm, args.release_intermediates, args.fast_conv_kernels]
+    with training_levers(*(lever == "on" for lever in levers)):
         times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
     report(
         "kclip_fit_step",
@@ -127,6 +139,9 @@ def main():
         precision=policy,
         data_format=model.backbone.image_data_format,
         fused_batch_norm=args.fused_batch_norm,
+        release_intermediates=args.release_intermediates,
+        fast_conv_kernels=args.fast_conv_kernels,
+        fused_adam=args.fused_adam,
         parameters=model.count_params(),
         backend=keras.config.backend(),
     )

@@ -55,6 +55,8 @@ class DataConfig:
     val_batch_size: int = 128
     max_length: int = 64
     """Tokens per caption, [CLS] and [SEP] included; longer captions are truncated."""
+    dynamic_padding: bool = True
+    """Pad each batch only to its longest caption (rounded up to 8), not to max_length."""
     captions: Literal["one", "all"] = "one"
     """one: each epoch shows every image once with a random caption; all: every caption."""
     augment: bool = False
@@ -101,6 +103,10 @@ class TrainerConfig:
     terminate_on_nan: bool = True
     fused_batch_norm: bool = True
     """On torch, run BatchNormalization as torch's fused kernel while training (same math, faster)."""
+    release_intermediates: bool = True
+    """Free each activation of a functional model after its last use while training (same math, less memory)."""
+    fast_conv_kernels: bool = True
+    """On torch, hand conv kernels to torch in its own layout while training (same values, faster)."""
     checkpoint_model_to_wandb: bool = False
     """Upload the model to W&B each epoch (WandbModelCheckpoint): the whole file every time."""
 

@@ -10,6 +10,16 @@ from keras_hub.src.layers.preprocessing.start_end_packer import StartEndPacker
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
 
+def _trim_to_longest(token_ids, padding_mask, multiple=8):
+    # Multiples of 8 keep the number of distinct shapes small (one trace each where
+    # the backend compiles) and suit tensor-core tile sizes on a GPU.
+    import tensorflow as tf
+
+    longest = tf.reduce_max(tf.reduce_sum(tf.cast(padding_mask, "int32"), axis=-1))
+    length = tf.minimum((longest + multiple - 1) // multiple * multiple, tf.shape(token_ids)[-1])
+    return token_ids[..., :length], padding_mask[..., :length]
+
+
 def _special_token_id(tokenizer, *names, default=None):
     for name in names:
         value = getattr(tokenizer, name, None)
@@ -26,14 +36,18 @@ class DualEncoderPreprocessor(keras_hub.models.Preprocessor):
     `"captions"` (strings), or both. It returns the matching backbone inputs:
     `"images"`, and `"token_ids"` + `"padding_mask"` packed as
     `[CLS] caption [SEP] [PAD]...` to `sequence_length` (longer captions are
-    truncated).
+    truncated). With `dynamic_padding` (the default) a batch is then cut back to
+    its longest caption, rounded up to a multiple of 8: the text tower's cost grows
+    with the padded length, and most captions are far shorter than
+    `sequence_length`. Attention ignores padding, so the embeddings do not change.
     """
 
-    def __init__(self, tokenizer, image_converter, sequence_length=64, **kwargs):
+    def __init__(self, tokenizer, image_converter, sequence_length=64, dynamic_padding=True, **kwargs):
         super().__init__(**kwargs)
         self.tokenizer = tokenizer
         self.image_converter = image_converter
         self.sequence_length = sequence_length
+        self.dynamic_padding = dynamic_padding
         self.packer = None
 
     def build(self, input_shape):
@@ -53,6 +67,8 @@ class DualEncoderPreprocessor(keras_hub.models.Preprocessor):
             outputs["images"] = self.image_converter(x["images"])
         if "captions" in x:
             token_ids, padding_mask = self.packer(self.tokenizer(x["captions"]))
+            if self.dynamic_padding:
+                token_ids, padding_mask = _trim_to_longest(token_ids, padding_mask)
             outputs["token_ids"] = token_ids
             outputs["padding_mask"] = padding_mask
         return keras.utils.pack_x_y_sample_weight(outputs, y, sample_weight)
@@ -64,4 +80,5 @@ class DualEncoderPreprocessor(keras_hub.models.Preprocessor):
     def get_config(self):
         config = super().get_config()
         config["sequence_length"] = self.sequence_length
+        config["dynamic_padding"] = self.dynamic_padding
         return config

@@ -98,7 +98,7 @@ def build_text_encoder_and_tokenizer(name, config=None, vocabulary=None, dtype=N
     return _keras_hub_class(name, "backbone")(**config, dtype=dtype), tokenizer
 
 
-def build_dual_encoder(model_config, sequence_length=64, vocabulary=None, dtype=None):
+def build_dual_encoder(model_config, sequence_length=64, vocabulary=None, dtype=None, dynamic_padding=True):
     """`ModelConfig` -> an uncompiled-weights `DualEncoder` with its preprocessor."""
     image_encoder = build_image_encoder(
         model_config.image_encoder,
@@ -129,6 +129,7 @@ def build_dual_encoder(model_config, sequence_length=64, vocabulary=None, dtype=
             model_config.image_size,
         ),
         sequence_length=sequence_length,
+        dynamic_padding=dynamic_padding,
     )
     return DualEncoder(
         backbone,

@@ -1,5 +1,6 @@
 """One training run, from a `Config` to `OUTPUT_DIR/model.keras` and test recall."""
 
+import contextlib
 import json
 import os
 import time
@@ -8,7 +9,7 @@ from pathlib import Path
 
 import keras
 
-from kclip import fused_batch_norm
+from kclip import conv_layout, fused_batch_norm, graph_memory
 from kclip.data.pipeline import datasets_for_training
 from kclip.data.sources import load_records
 from kclip.evaluation import embed_split, evaluate, format_metrics_table, write_grid
@@ -25,6 +26,19 @@ def resolve_precision(precision="auto"):
     if precision != "auto":
         return precision
     return "mixed_float16" if _gpu_available() else "mixed_bfloat16"
+
+
+@contextlib.contextmanager
+def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fast_conv_kernels=True):
+    """The measured speed and memory levers that apply while `fit` runs (all on by default).
+
+    Each changes how the step runs, not what it computes; benchmarks/RESULTS-training.md
+    records what each one gives.
+    """
+    with fused_batch_norm.enabled(fused_batch_norm_kernel), graph_memory.enabled(
+        release_intermediates
+    ), conv_layout.enabled(fast_conv_kernels):
+        yield
 
 
 def _gpu_available():
@@ -76,7 +90,12 @@ def build_model_for_data(config, train_images):
             [caption for image in train_images for caption in image.captions],
             max_size=config.model.vocabulary_size,
         )
-    model = build_dual_encoder(config.model, sequence_length=config.data.max_length, vocabulary=vocabulary)
+    model = build_dual_encoder(
+        config.model,
+        sequence_length=config.data.max_length,
+        vocabulary=vocabulary,
+        dynamic_padding=config.data.dynamic_padding,
+    )
     model.compile(
         learning_rate=config.model.head_lr,
         image_learning_rate=config.model.image_encoder_lr,
@@ -119,7 +138,11 @@ def train(config, callbacks=(), verbose="auto"):
     try:
         callbacks = [*training_callbacks(config, output_dir, validation_images), *callbacks]
         started = time.time()
-        with fused_batch_norm.enabled(config.trainer.fused_batch_norm):
+        with training_levers(
+            config.trainer.fused_batch_norm,
+            config.trainer.release_intermediates,
+            config.trainer.fast_conv_kernels,
+        ):
             history = model.fit(
                 train_data,
                 validation_data=validation_data,

@@ -166,3 +166,16 @@ def test_embeddings_are_unit_length_and_float32():
     for embeddings in (model.encode_text(CAPTIONS), model.encode_image(list(inputs["images"]))):
         assert embeddings.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, rtol=1e-5)
+
+
+def test_dynamic_padding_cuts_a_batch_to_its_longest_caption_and_keeps_the_embeddings():
+    model = tiny_model(sequence_length=32)
+    captions = ["a red circle", " ".join(["a red circle"] * 3)]  # 5 and 11 tokens with [CLS] and [SEP]
+    packed = model.preprocessor({"captions": captions})
+    assert tuple(packed["token_ids"].shape) == (2, 16)  # 11, rounded up to a multiple of 8
+    np.testing.assert_array_equal(np.asarray(packed["padding_mask"]).sum(axis=1), [5, 11])
+
+    dynamic = model.encode_text(captions)
+    model.preprocessor.dynamic_padding = False
+    assert tuple(model.preprocessor({"captions": captions})["token_ids"].shape) == (2, 32)
+    np.testing.assert_allclose(dynamic, model.encode_text(captions), atol=1e-5)

@@ -1,0 +1,96 @@
+"""Release each intermediate tensor of a functional model after its last use (a memory lever).
+
+Keras 3 runs a functional model node by node and keeps every node's output in one
+dictionary until the whole graph has run. In eager execution (the torch backend)
+that holds every intermediate activation of ResNet50 at once, including the many
+that autograd does not need for the backward pass (batch-norm outputs before
+their ReLU, residual sums, padded copies). At full size that was about 1 GB of the
+training step's peak (benchmarks/RESULTS-training.md). tf.keras 2 counted tensor
+uses and dropped each one after its last consumer; `enabled()` does the same for
+Keras 3's `Function._run_through_graph`. The computation, and so every output and
+gradient, is unchanged: only when Python lets go of the tensors changes.
+
+`kclip.train` turns it on around `fit` (`trainer.release_intermediates`, default
+true), with `kclip.fused_batch_norm`.
+"""
+
+import collections
+import contextlib
+import inspect
+import warnings
+
+from keras.src import tree
+from keras.src.ops.function import Function
+
+_original_run_through_graph = Function._run_through_graph
+# The replacement mirrors Keras 3.15's private method; a Keras that changed it keeps its own.
+_SUPPORTED = (
+    list(inspect.signature(_original_run_through_graph).parameters)
+    == ["self", "inputs", "operation_fn", "call_fn"]
+    and hasattr(Function, "_get_operation_for_node")
+)
+
+
+def _tensor_uses(function):
+    # How many nodes read each symbolic tensor; cached because the graph never changes.
+    uses = function.__dict__.get("_kclip_tensor_uses")
+    if uses is None:
+        uses = collections.Counter()
+        for nodes in function._nodes_by_depth.values():
+            for node in nodes:
+                if node.operation and not node.is_input:
+                    uses.update(id(tensor) for tensor in node.input_tensors)
+        object.__setattr__(function, "_kclip_tensor_uses", uses)
+    return uses
+
+
+def _run_through_graph(self, inputs, operation_fn=lambda op: op, call_fn=None):
+    """Keras' `Function._run_through_graph`, dropping tensors nobody will read again."""
+    if call_fn is not None:
+        return _original_run_through_graph(self, inputs, operation_fn, call_fn)
+    tensor_dict = {id(x): y for x, y in zip(self.inputs, tree.flatten(inputs))}
+    remaining = dict(_tensor_uses(self))
+    kept = {id(x) for x in self.outputs}
+
+    for depth in sorted(self._nodes_by_depth, reverse=True):
+        for node in self._nodes_by_depth[depth]:
+            if not node.operation or node.is_input:
+                continue
+            if any(id(x) not in tensor_dict for x in node.input_tensors):
+                continue  # Not computable from these inputs, as in Keras.
+            args, kwargs = node.arguments.fill_in(tensor_dict)
+            operation = operation_fn(self._get_operation_for_node(node))
+            outputs = operation(*args, **kwargs)
+            del args, kwargs
+            for x, y in zip(node.outputs, tree.flatten(outputs)):
+                tensor_dict[id(x)] = y
+            for x in node.input_tensors:
+                key = id(x)
+                remaining[key] -= 1
+                if remaining[key] == 0 and key not in kept:
+                    del tensor_dict[key]
+
+    output_tensors = []
+    for index, x in enumerate(self.outputs):
+        if id(x) not in tensor_dict:
+            path = ".".join(str(p) for p in tree.flatten_with_path(self._outputs_struct)[index][0])
+            raise ValueError(f"Output with path `{path}` is not connected to `inputs`")
+        output_tensors.append(tensor_dict[id(x)])
+    return tree.pack_sequence_as(self._outputs_struct, output_tensors)
+
+
+@contextlib.contextmanager
+def enabled(active=True):
+    """Functional models release intermediates after their last use inside the block."""
+    previous = Function._run_through_graph
+    if active and not _SUPPORTED:
+        warnings.warn(
+            "This Keras changed Function._run_through_graph, so kclip keeps Keras' own (more "
+            "memory while training). Set trainer.release_intermediates=false to silence this."
+        )
+    elif active:
+        Function._run_through_graph = _run_through_graph
+    try:
+        yield
+    finally:
+        Function._run_through_graph = previous

@@ -1,0 +1,86 @@
+"""The torch speed levers (fused Adam, conv kernel layout) must compute what Keras computes."""
+
+import keras
+import numpy as np
+import pytest
+
+from helpers import fixed_batch, tiny_model
+from kclip import conv_layout, optimizers
+
+pytestmark = pytest.mark.skipif(keras.config.backend() != "torch", reason="torch kernels")
+
+
+def adam_steps(fused, weight_decay):
+    import torch
+
+    rng = np.random.default_rng(0)
+    variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in [(3, 3, 4, 5), (7,), (10, 6)]]
+    optimizer = optimizers.MultiRateAdamW(learning_rate=1e-2, weight_decay=weight_decay)
+    optimizer.set_variable_multipliers([(0.1, variables[:1])])
+    kernel = optimizers._fused_adam_kernel
+    if not fused:
+        optimizers._fused_adam_kernel = lambda: None
+    try:
+        for _ in range(5):
+            # Conv kernel gradients reach the optimizer as permuted, non-contiguous views.
+            gradients = [torch.tensor(rng.normal(size=v.shape[::-1]).astype("float32")).permute(
+                *reversed(range(len(v.shape)))) for v in variables]
+            with torch.no_grad():
+                optimizer.apply(gradients, variables)
+    finally:
+        optimizers._fused_adam_kernel = kernel
+    return [v.numpy() for v in variables]
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 0.1])
+def test_fused_adam_matches_keras_adam_with_learning_rate_groups(weight_decay):
+    assert optimizers._fused_adam_kernel() is not None
+    expected = adam_steps(fused=False, weight_decay=weight_decay)
+    actual = adam_steps(fused=True, weight_decay=weight_decay)
+    for want, got in zip(expected, actual):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def conv_output_and_gradient(inputs, fast):
+    import torch
+
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Conv2D(6, 3, padding="same", data_format="channels_first")
+    layer.build((None, inputs.shape[3], *inputs.shape[1:3]))
+    images = torch.tensor(inputs).permute(0, 3, 1, 2).requires_grad_()  # channels-last memory, as in kclip
+    with conv_layout.enabled(fast):
+        outputs = layer(images)
+    (kernel_gradient, image_gradient) = torch.autograd.grad((outputs**2).sum(), [layer.kernel.value, images])
+    return outputs.detach().numpy(), kernel_gradient.numpy(), image_gradient.numpy()
+
+
+def test_fast_conv_kernels_give_the_same_outputs_and_gradients():
+    inputs = np.random.default_rng(1).normal(size=(2, 7, 7, 4)).astype("float32")
+    for want, got in zip(conv_output_and_gradient(inputs, False), conv_output_and_gradient(inputs, True)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_a_training_step_with_every_lever_matches_plain_keras():
+    from kclip.training import training_levers
+
+    def step(levers):
+        keras.utils.set_random_seed(0)
+        model = tiny_model()
+        inputs, image_ids = fixed_batch()
+        inputs = model.preprocessor(inputs)
+        model.preprocessor = None
+        kernel = optimizers._fused_adam_kernel
+        if not levers:
+            optimizers._fused_adam_kernel = lambda: None
+        try:
+            with training_levers(levers, levers, levers):
+                losses = [float(model.train_step((inputs, image_ids))["loss"]) for _ in range(3)]
+        finally:
+            optimizers._fused_adam_kernel = kernel
+        return losses, [w.numpy() for w in model.trainable_weights]
+
+    keras_losses, keras_weights = step(False)
+    lever_losses, lever_weights = step(True)
+    np.testing.assert_allclose(lever_losses, keras_losses, rtol=1e-4)
+    for want, got in zip(keras_weights, lever_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
