@@ -91,6 +91,8 @@ def main():
                         help="torch's fused Adam kernel for MultiRateAdamW's update (kclip's default: on)")
     parser.add_argument("--sequence-length", type=int,
                         help="padded caption length (default: the size's 32, or the config's max_length)")
+    parser.add_argument("--jit-compile", default="off", choices=["on", "off"],
+                        help="compile(jit_compile=True): torch.compile of the train step on torch")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
@@ -107,6 +109,7 @@ def main():
         learning_rate=model_config.head_lr,
         image_learning_rate=model_config.image_encoder_lr,
         text_learning_rate=model_config.text_encoder_lr,
+        jit_compile=args.jit_compile == "on",
     )
     model.preprocessor = None  # synthetic tensors are already preprocessed
 
@@ -142,6 +145,7 @@ def main():
         release_intermediates=args.release_intermediates,
         fast_conv_kernels=args.fast_conv_kernels,
         fused_adam=args.fused_adam,
+        jit_compile=args.jit_compile,
         parameters=model.count_params(),
         backend=keras.config.backend(),
     )

@@ -25,6 +25,8 @@ def _fused_adam_kernel():
         return None
     import torch
 
+    if torch.compiler.is_compiling():
+        return None  # torch.compile (jit_compile=True) cannot trace the fused kernel
     return getattr(torch, "_fused_adam_", None)
 
 
