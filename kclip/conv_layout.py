@@ -14,19 +14,19 @@ Values, shapes and gradients are the same tensors; only memory order changes.
 """
 
 import contextlib
+import functools
+import warnings
 
 import keras
 
-_original = None
 
-
-def _transpose_conv_kernel(kernel):
+def _transpose_conv_kernel(kernel, keras_transpose):
     import torch
 
     # Under mixed precision the kernel arrives as a fresh half-precision copy, and a
     # second copy here cost more than it saved (full bf16: 3% slower, about 200 MB more).
     if kernel.ndim != 4 or kernel.dtype != torch.float32:
-        return _original(kernel)
+        return keras_transpose(kernel)
     height, width, in_channels, out_channels = kernel.shape
     by_output = kernel.reshape(height * width * in_channels, out_channels).t().contiguous()
     return by_output.view(out_channels, height, width, in_channels).permute(0, 3, 1, 2)
@@ -35,16 +35,19 @@ def _transpose_conv_kernel(kernel):
 @contextlib.contextmanager
 def enabled(active=True):
     """Convolutions inside the block take their kernels in torch's layout (torch backend only)."""
-    global _original
     if not active or keras.config.backend() != "torch":
         yield
         return
     from keras.src.backend.torch import nn
 
-    previous = nn._transpose_conv_kernel
-    _original = _original or previous
-    nn._transpose_conv_kernel = _transpose_conv_kernel
+    keras_transpose = getattr(nn, "_transpose_conv_kernel", None)
+    if keras_transpose is None:
+        # A Keras that renamed this private helper keeps its own conv path.
+        warnings.warn("This Keras has no torch `_transpose_conv_kernel`; set trainer.fast_conv_kernels=false.")
+        yield
+        return
+    nn._transpose_conv_kernel = functools.partial(_transpose_conv_kernel, keras_transpose=keras_transpose)
     try:
         yield
     finally:
-        nn._transpose_conv_kernel = previous
+        nn._transpose_conv_kernel = keras_transpose

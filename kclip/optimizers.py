@@ -62,19 +62,22 @@ class MultiRateAdamW(_BackendAdamW):
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
         fused = _fused_adam_kernel() if not self.amsgrad else None
+        if fused is not None:
+            # Read back once per step: the kernel takes host numbers.
+            step = float(ops.convert_to_numpy(self.iterations)) + 1.0
+            learning_rate = float(ops.convert_to_numpy(learning_rate))
         for multiplier, (group_grads, group_variables) in self._grouped(
             grads, trainable_variables
         ):
             group_rate = learning_rate if multiplier == 1.0 else learning_rate * multiplier
             if fused is not None:
-                self._fused_update_step(fused, group_grads, group_variables, group_rate)
+                self._fused_update_step(fused, group_grads, group_variables, group_rate, step)
             else:
                 super()._backend_update_step(group_grads, group_variables, group_rate)
 
-    def _fused_update_step(self, fused_adam, grads, variables, learning_rate):
+    def _fused_update_step(self, fused_adam, grads, variables, learning_rate, step):
         import torch
 
-        step = float(ops.convert_to_numpy(self.iterations)) + 1.0
         # torch adds epsilon after dividing sqrt(v) by sqrt(1 - beta_2^t); Keras adds it
         # before. Scaling epsilon by that factor makes the two updates the same.
         epsilon = self.epsilon / (1.0 - self.beta_2**step) ** 0.5
@@ -88,7 +91,7 @@ class MultiRateAdamW(_BackendAdamW):
             [self._velocities[self._get_variable_index(v)].value for v in variables],
             [],
             steps,
-            lr=float(ops.convert_to_numpy(learning_rate)),
+            lr=learning_rate,
             beta1=float(self.beta_1),
             beta2=float(self.beta_2),
             weight_decay=0.0,  # decoupled decay is applied before, in _apply_weight_decay

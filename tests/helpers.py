@@ -77,3 +77,19 @@ def fixed_batch(size=4, image_size=32, seed=0):
     images = rng.integers(0, 256, (size, image_size, image_size, 3)).astype("uint8")
     captions = np.array((CAPTIONS * size)[:size])
     return {"images": images, "captions": captions}, np.arange(size)
+
+
+def seeded_model_and_batch(seed=0):
+    """A tiny model seeded with `seed` and a fixed batch already through its preprocessor.
+
+    The model's preprocessor is detached, so `model.train_step((inputs, image_ids))` can be
+    called directly, as `fit` does after mapping the preprocessor over its data.
+    """
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    model = tiny_model()
+    inputs, image_ids = fixed_batch()
+    inputs = model.preprocessor(inputs)
+    model.preprocessor = None
+    return model, inputs, image_ids

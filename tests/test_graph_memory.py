@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import fixed_batch, tiny_model
+from helpers import seeded_model_and_batch
 from kclip import graph_memory
 
 pytestmark = pytest.mark.skipif(
@@ -70,11 +70,7 @@ def test_outputs_stay_available_and_nested_models_still_run():
 
 
 def one_training_step(release):
-    keras.utils.set_random_seed(0)
-    model = tiny_model()
-    inputs, image_ids = fixed_batch()
-    inputs = model.preprocessor(inputs)
-    model.preprocessor = None
+    model, inputs, image_ids = seeded_model_and_batch()
     with graph_memory.enabled(release):
         logs = model.train_step((inputs, image_ids))
     return float(logs["loss"]), [weight.numpy() for weight in model.trainable_weights]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from helpers import fixed_batch, tiny_model
+from helpers import seeded_model_and_batch
 from kclip import conv_layout, optimizers
 
 pytestmark = pytest.mark.skipif(keras.config.backend() != "torch", reason="torch kernels")
@@ -64,11 +64,7 @@ def test_a_training_step_with_every_lever_matches_plain_keras():
     from kclip.training import training_levers
 
     def step(levers):
-        keras.utils.set_random_seed(0)
-        model = tiny_model()
-        inputs, image_ids = fixed_batch()
-        inputs = model.preprocessor(inputs)
-        model.preprocessor = None
+        model, inputs, image_ids = seeded_model_and_batch()
         kernel = optimizers._fused_adam_kernel
         if not levers:
             optimizers._fused_adam_kernel = lambda: None
