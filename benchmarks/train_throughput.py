@@ -21,7 +21,6 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 from harness import SIZES, report  # noqa: E402
-from kclip import optimizers  # noqa: E402
 from kclip.config import ModelConfig, parse_config  # noqa: E402
 from kclip.towers import build_dual_encoder, build_word_vocabulary  # noqa: E402
 from kclip.training import resolve_precision, training_levers  # noqa: E402
@@ -127,10 +126,12 @@ def main():
 
         if torch.cuda.is_available():
             synchronize = torch.cuda.synchronize
-    if args.fused_adam == "off":
-        optimizers._fused_adam_kernel = lambda: None
-    levers = [args.fused_batch_norm, args.release_intermediates, args.fast_conv_kernels]
-    with training_levers(*(lever == "on" for lever in levers)):
+    getattr(model.optimizer, "inner_optimizer", model.optimizer).fused = args.fused_adam == "on"
+    with training_levers(
+        fused_batch_norm_kernel=args.fused_batch_norm == "on",
+        release_intermediates=args.release_intermediates == "on",
+        fast_conv_kernels=args.fast_conv_kernels == "on",
+    ):
         times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
     report(
         "kclip_fit_step",

@@ -37,11 +37,16 @@ class MultiRateAdamW(_BackendAdamW):
     Variables outside every group use multiplier 1. Groups are set with
     `set_variable_multipliers` before the first step (the task does this when it
     compiles), and are not saved: they are derived from the model's structure.
+    `fused=False` keeps Keras' own update on torch (for comparison).
     """
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, fused=True, **kwargs):
         super().__init__(*args, **kwargs)
+        self.fused = fused
         self._variable_multipliers = {}
+
+    def get_config(self):
+        return {**super().get_config(), "fused": self.fused}
 
     def set_variable_multipliers(self, groups):
         """`groups`: an iterable of (multiplier, list of variables)."""
@@ -61,7 +66,7 @@ class MultiRateAdamW(_BackendAdamW):
             yield multiplier, [[values[i] for i in indices] for values in parallel_lists]
 
     def _backend_update_step(self, grads, trainable_variables, learning_rate):
-        fused = _fused_adam_kernel() if not self.amsgrad else None
+        fused = _fused_adam_kernel() if self.fused and not self.amsgrad else None
         if fused is not None:
             # Read back once per step: the kernel takes host numbers.
             step = float(ops.convert_to_numpy(self.iterations)) + 1.0

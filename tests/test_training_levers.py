@@ -15,20 +15,14 @@ def adam_steps(fused, weight_decay):
 
     rng = np.random.default_rng(0)
     variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in [(3, 3, 4, 5), (7,), (10, 6)]]
-    optimizer = optimizers.MultiRateAdamW(learning_rate=1e-2, weight_decay=weight_decay)
+    optimizer = optimizers.MultiRateAdamW(learning_rate=1e-2, weight_decay=weight_decay, fused=fused)
     optimizer.set_variable_multipliers([(0.1, variables[:1])])
-    kernel = optimizers._fused_adam_kernel
-    if not fused:
-        optimizers._fused_adam_kernel = lambda: None
-    try:
-        for _ in range(5):
-            # Conv kernel gradients reach the optimizer as permuted, non-contiguous views.
-            gradients = [torch.tensor(rng.normal(size=v.shape[::-1]).astype("float32")).permute(
-                *reversed(range(len(v.shape)))) for v in variables]
-            with torch.no_grad():
-                optimizer.apply(gradients, variables)
-    finally:
-        optimizers._fused_adam_kernel = kernel
+    for _ in range(5):
+        # Conv kernel gradients reach the optimizer as permuted, non-contiguous views.
+        gradients = [torch.tensor(rng.normal(size=v.shape[::-1]).astype("float32")).permute(
+            *reversed(range(len(v.shape)))) for v in variables]
+        with torch.no_grad():
+            optimizer.apply(gradients, variables)
     return [v.numpy() for v in variables]
 
 
@@ -65,14 +59,9 @@ def test_a_training_step_with_every_lever_matches_plain_keras():
 
     def step(levers):
         model, inputs, image_ids = seeded_model_and_batch()
-        kernel = optimizers._fused_adam_kernel
-        if not levers:
-            optimizers._fused_adam_kernel = lambda: None
-        try:
-            with training_levers(levers, levers, levers):
-                losses = [float(model.train_step((inputs, image_ids))["loss"]) for _ in range(3)]
-        finally:
-            optimizers._fused_adam_kernel = kernel
+        model.optimizer.fused = levers
+        with training_levers(levers, levers, levers):
+            losses = [float(model.train_step((inputs, image_ids))["loss"]) for _ in range(3)]
         return losses, [w.numpy() for w in model.trainable_weights]
 
     keras_losses, keras_weights = step(False)
