@@ -72,8 +72,8 @@ def write_photos(folder, count, seed=0):
 def build_preprocessor(captions, image_size=224, sequence_length=32):
     import keras_hub
 
-    from kclip.preprocessor import DualEncoderPreprocessor
-    from kclip.towers import build_image_converter, build_word_vocabulary
+    from kclip.models.preprocessor import DualEncoderPreprocessor
+    from kclip.models.towers import build_image_converter, build_word_vocabulary
 
     tokenizer = keras_hub.tokenizers.DistilBertTokenizer(
         vocabulary=build_word_vocabulary(captions, max_size=2000), lowercase=True, strip_accents=True)

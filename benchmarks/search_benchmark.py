@@ -83,7 +83,7 @@ def bandwidth():
 
 
 def exact(bytes_per_second, rows, dim):
-    from kclip.index import ExactSearcher
+    from kclip.index.index import ExactSearcher
 
     database32 = unit_rows(rows, dim, seed=0)
     queries = unit_rows(64 * 20, dim, seed=1)
@@ -104,8 +104,8 @@ def exact(bytes_per_second, rows, dim):
 
 
 def ann(rows, dim, num_queries, dtype):
-    from kclip.ann import AnnSearcher
-    from kclip.retrieval import top_k
+    from kclip.index.ann import AnnSearcher
+    from kclip.evaluation.metrics import top_k
 
     database = unit_rows(rows, dim, seed=2, dtype=dtype)
     queries = unit_rows(num_queries, dim, seed=3)
@@ -160,8 +160,8 @@ def model_facts(model, name):
 
 
 def end_to_end(model, name, rows):
-    from kclip.index import Index
-    from kclip.search import search
+    from kclip.index.index import Index
+    from kclip.index.search import search
 
     dim = int(model.encode_text(["warm up"]).shape[1])
     index = Index([f"/photos/{i}.jpg" for i in range(rows)], unit_rows(rows, dim, seed=4, dtype=np.float16),
@@ -176,7 +176,7 @@ def end_to_end(model, name, rows):
 def build_throughput(model, name, count, side):
     from PIL import Image
 
-    from kclip.index import build_index
+    from kclip.index.index import build_index
 
     rng = np.random.default_rng(5)
     with tempfile.TemporaryDirectory() as folder:

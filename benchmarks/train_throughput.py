@@ -22,8 +22,9 @@ import numpy as np  # noqa: E402
 
 from harness import SIZES, report  # noqa: E402
 from kclip.config import ModelConfig, parse_config  # noqa: E402
-from kclip.towers import build_dual_encoder, build_word_vocabulary  # noqa: E402
-from kclip.training import resolve_precision, training_levers  # noqa: E402
+from kclip.models.towers import build_dual_encoder, build_word_vocabulary  # noqa: E402
+from kclip.backends.torch.levers import training_levers  # noqa: E402
+from kclip.utils.precision import resolve_precision  # noqa: E402
 
 
 def model_config_for(args):

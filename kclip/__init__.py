@@ -16,18 +16,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 
-from kclip.backbone import DualEncoderBackbone  # noqa: E402
 from kclip.config import Config, DataConfig, ModelConfig, TrainerConfig, parse_config  # noqa: E402
-from kclip.evaluation import evaluate  # noqa: E402
-from kclip.index import Index, SearchResult, build_index  # noqa: E402
-from kclip.search import classify, search  # noqa: E402
-from kclip.layers import ContrastiveLogits, L2Normalize, ProjectionHead  # noqa: E402
-from kclip.optimizers import MultiRateAdamW  # noqa: E402
-from kclip.preprocessor import DualEncoderPreprocessor  # noqa: E402
-from kclip.retrieval import retrieval_metrics  # noqa: E402
-from kclip.task import DualEncoder  # noqa: E402
-from kclip.towers import build_dual_encoder  # noqa: E402
-from kclip.training import export_model, train  # noqa: E402
+from kclip.evaluation.evaluate import evaluate  # noqa: E402
+from kclip.evaluation.metrics import retrieval_metrics  # noqa: E402
+from kclip.index.index import Index, SearchResult, build_index  # noqa: E402
+from kclip.index.search import classify, search  # noqa: E402
+from kclip.models.backbone import DualEncoderBackbone  # noqa: E402
+from kclip.models.layers import ContrastiveLogits, L2Normalize, ProjectionHead  # noqa: E402
+from kclip.models.optimizers import MultiRateAdamW  # noqa: E402
+from kclip.models.preprocessor import DualEncoderPreprocessor  # noqa: E402
+from kclip.models.task import DualEncoder  # noqa: E402
+from kclip.models.towers import build_dual_encoder  # noqa: E402
+from kclip.training.export import export_model  # noqa: E402
+from kclip.training.run import train  # noqa: E402
 
 __version__ = "0.1.0"
 

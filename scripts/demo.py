@@ -10,7 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import kclip  # noqa: E402
 from kclip.data.sources import link_split_images, load_records  # noqa: E402
-from kclip.grid import render_grid  # noqa: E402
+from kclip.evaluation.grid import render_grid  # noqa: E402
 
 FREE_QUERIES = ["a red circle to the left of a blue square", "a big yellow star"]
 

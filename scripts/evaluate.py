@@ -36,8 +36,8 @@ def main(argv=None):
     from kclip import load_model
     from kclip.config import parse_config
     from kclip.data.sources import load_records
-    from kclip.evaluation import evaluate, format_metrics_table, write_grid
-    from kclip.training import GRID_MAX_ROWS
+    from kclip.evaluation.evaluate import evaluate, format_metrics_table, write_grid
+    from kclip.training.run import GRID_MAX_ROWS
 
     try:
         config = parse_config(["--config", arguments.config, *overrides])

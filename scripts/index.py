@@ -14,7 +14,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import kclip  # noqa: E402
-from kclip.index import ANN_THRESHOLD, BACKENDS, DTYPES  # noqa: E402
+from kclip.index.index import ANN_THRESHOLD, BACKENDS, DTYPES  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -15,8 +15,8 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 import kclip  # noqa: E402
-from kclip.grid import render_grid  # noqa: E402
-from kclip.index import BACKENDS, Index  # noqa: E402
+from kclip.evaluation.grid import render_grid  # noqa: E402
+from kclip.index.index import BACKENDS, Index  # noqa: E402
 
 
 def parse_args(argv=None):

@@ -9,7 +9,7 @@ import sys
 os.environ.setdefault("KERAS_BACKEND", "torch")
 
 from kclip.config import parse_config  # noqa: E402
-from kclip.training import train  # noqa: E402
+from kclip.training.run import train  # noqa: E402
 
 
 def main(argv=None):

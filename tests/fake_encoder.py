@@ -10,7 +10,7 @@ import hashlib
 
 import numpy as np
 
-from kclip.image_io import load_image
+from kclip.data.image_io import load_image
 
 COLOURS = {
     "red": (255, 0, 0),

@@ -59,7 +59,7 @@ def tiny_config(output_dir, data_dir, **trainer):
 
 
 def tiny_model(captions=CAPTIONS, sequence_length=16, **overrides):
-    from kclip.towers import build_dual_encoder, build_word_vocabulary
+    from kclip.models.towers import build_dual_encoder, build_word_vocabulary
 
     model = build_dual_encoder(
         tiny_model_config(**overrides),

@@ -4,11 +4,11 @@ import json
 import numpy as np
 import pytest
 
-import kclip.index
-from kclip.ann import MIN_ANN_ROWS, AnnSearcher, ann_file_stem
-from kclip.index import Index
-from kclip.index_store import FileRecord, commit, read_metadata
-from kclip.retrieval import top_k
+import kclip.index.index
+from kclip.index.ann import MIN_ANN_ROWS, AnnSearcher, ann_file_stem
+from kclip.index.index import Index
+from kclip.index.store import FileRecord, commit, read_metadata
+from kclip.evaluation.metrics import top_k
 
 
 def unit_rows(count, dim, seed):
@@ -113,7 +113,7 @@ def test_stale_ann_file_is_never_used(tmp_path):
 def test_auto_backend_switches_at_threshold(tmp_path, monkeypatch):
     write_index(tmp_path, unit_rows(1200, 16, seed=6))
     assert Index.load(tmp_path).resolved_backend == "exact"
-    monkeypatch.setattr(kclip.index, "ANN_THRESHOLD", 1000)
+    monkeypatch.setattr(kclip.index.index, "ANN_THRESHOLD", 1000)
     index = Index.load(tmp_path)
     assert index.backend == "auto" and index.resolved_backend == "ann"
     assert Index.load(tmp_path, backend="exact").resolved_backend == "exact"

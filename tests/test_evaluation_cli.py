@@ -26,7 +26,8 @@ def _load_script():
 def saved_model(tmp_path_factory):
     """An untrained tiny model saved as training saves it, with the YAML config it came from."""
     from kclip.data.sources import load_records
-    from kclip.training import build_model_for_data, export_model
+    from kclip.training.export import export_model
+    from kclip.training.run import build_model_for_data
 
     root = tmp_path_factory.mktemp("cli")
     config = tiny_config(root / "run", root / "data")
@@ -38,7 +39,7 @@ def saved_model(tmp_path_factory):
 
 
 def test_evaluate_script_prints_table_writes_json_and_grid(saved_model, tmp_path, capsys):
-    from kclip.grid import GridLayout
+    from kclip.evaluation.grid import GridLayout
 
     model_path, config_path, records = saved_model
     grid_path = tmp_path / "grid.png"
@@ -79,7 +80,7 @@ def test_evaluate_script_rejects_missing_model(saved_model, tmp_path):
 
 def test_query_matches_and_grid_rows_mark_the_true_image():
     from kclip.data.layouts import CaptionedImage
-    from kclip.evaluation import choose_queries, grid_rows, query_matches
+    from kclip.evaluation.evaluate import choose_queries, grid_rows, query_matches
 
     images = [CaptionedImage(image_path=Path(f"{i}.png"), image_id=str(i), captions=[f"c{i}a", f"c{i}b"], split="test")
               for i in range(4)]

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kclip import fused_batch_norm
+from kclip.backends.torch import fused_batch_norm
 
 
 def run_layer(inputs, training, fused, axis=1, dtype="float32"):

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from helpers import seeded_model_and_batch
-from kclip import graph_memory
+from kclip.backends.torch import graph_memory
 
 pytestmark = pytest.mark.skipif(
     keras.config.backend() != "torch", reason="eager tensors that Python can free are torch's"

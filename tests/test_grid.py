@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from fake_encoder import COLOURS, solid_image
-from kclip.grid import BACKGROUND, MISS_COLOUR, OUTLINE, PADDING, TRUE_COLOUR, GridLayout, render_grid
+from kclip.evaluation.grid import BACKGROUND, MISS_COLOUR, OUTLINE, PADDING, TRUE_COLOUR, GridLayout, render_grid
 
 TILE = 40
 

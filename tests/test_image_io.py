@@ -7,7 +7,7 @@ from PIL import Image
 
 from data_fixtures import (write_bad_image_files, write_exif_rotated_jpeg, write_huge_header_png,
                            write_image, write_mode_images, write_noise_jpeg)
-from kclip.image_io import (IMAGE_EXTENSIONS, ImageLoadError, encode_jpeg, iter_image_files, load_image,
+from kclip.data.image_io import (IMAGE_EXTENSIONS, ImageLoadError, encode_jpeg, iter_image_files, load_image,
                             verify_image_file)
 
 

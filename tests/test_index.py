@@ -7,10 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import kclip.index_store
+import kclip.index.store
 from fake_encoder import COLOURS, FakeEncoder, solid_image
-from kclip.index import Index, SearchResult, build_index
-from kclip.search import classify, search
+from kclip.index.index import Index, SearchResult, build_index
+from kclip.index.search import classify, search
 
 
 def write_image(path: Path, colour) -> Path:
@@ -189,10 +189,10 @@ def test_kill_between_embeddings_and_metadata_keeps_old_pairing(photos, tmp_path
             raise KeyboardInterrupt("killed")
         real_replace(source, destination)
 
-    monkeypatch.setattr(kclip.index_store.os, "replace", replace_but_die_on_metadata)
+    monkeypatch.setattr(kclip.index.store.os, "replace", replace_but_die_on_metadata)
     with pytest.raises(KeyboardInterrupt):
         build_index(FakeEncoder(), photos, out_dir, progress=False)
-    monkeypatch.setattr(kclip.index_store.os, "replace", real_replace)
+    monkeypatch.setattr(kclip.index.store.os, "replace", real_replace)
 
     after = snapshot(out_dir)
     assert after[0] == before[0] and np.array_equal(after[1], before[1]) and after[2] == before[2]

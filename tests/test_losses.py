@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from keras import ops
 
-from kclip import losses
+from kclip.models import losses
 
 
 def unit_rows(array):

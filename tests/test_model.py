@@ -69,7 +69,7 @@ def test_tower_learning_rates_and_freezing():
 
 
 def test_saved_model_round_trips_exactly_in_a_fresh_process(tmp_path):
-    from kclip.training import export_model
+    from kclip.training.export import export_model
 
     keras.utils.set_random_seed(1)
     model = tiny_model()
@@ -102,7 +102,7 @@ def test_saved_model_round_trips_exactly_in_a_fresh_process(tmp_path):
 def test_exported_file_holds_no_optimizer_state(tmp_path):
     import zipfile
 
-    from kclip.training import export_model
+    from kclip.training.export import export_model
 
     model = tiny_model()
     inputs, image_ids = fixed_batch()
@@ -122,7 +122,7 @@ def test_towers_load_from_local_preset_folders(tmp_path):
     import keras_hub
 
     from helpers import TINY_DISTILBERT, TINY_RESNET
-    from kclip.towers import build_dual_encoder, build_word_vocabulary
+    from kclip.models.towers import build_dual_encoder, build_word_vocabulary
 
     image_dir, text_dir = tmp_path / "tiny_resnet", tmp_path / "tiny_distilbert"
     resnet = keras_hub.models.ResNetBackbone(**TINY_RESNET)

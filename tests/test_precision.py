@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import CAPTIONS, tiny_model
-from kclip.training import resolve_precision
+from kclip.utils.precision import resolve_precision
 
 # The colours of helpers.CAPTIONS: red, blue, green, yellow.
 COLOURS = [(230, 30, 30), (30, 30, 230), (30, 200, 30), (240, 230, 30)]

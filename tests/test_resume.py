@@ -28,7 +28,7 @@ def _epochs(history_csv):
 
 
 def test_killed_training_resumes_from_last_epoch(tmp_path):
-    from kclip.callbacks import warmup_cosine
+    from kclip.training.callbacks import warmup_cosine
 
     config = tiny_config(tmp_path / "run", tmp_path / "data", max_epochs=EPOCHS, steps_per_epoch=STEPS,
                          lr_schedule="cosine", warmup_epochs=1.0, eval_every_n_epochs=EPOCHS)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from kclip.retrieval import (
+from kclip.evaluation.metrics import (
     format_metrics_table,
     image_to_text_ranks,
     retrieval_metrics,

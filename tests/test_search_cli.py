@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from fake_encoder import COLOURS, FakeEncoder, solid_image
-from kclip.grid import GridLayout
+from kclip.evaluation.grid import GridLayout
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
@@ -126,7 +126,7 @@ def test_real_tiny_model_end_to_end(photos, tmp_path, capsys):
     """A saved .keras model through both scripts: searching by a photo finds that photo first."""
     import keras
     from helpers import tiny_model
-    from kclip.training import export_model
+    from kclip.training.export import export_model
 
     keras.utils.set_random_seed(0)  # a fixed random model, so no two colours tie by chance
     model_path = export_model(tiny_model(), tmp_path / "tiny.keras")

@@ -18,7 +18,7 @@ from kclip.data.pipeline import datasets_for_training, prepared_dataset, trainin
 from kclip.data.splits import SPLITS
 from kclip.data.tfds_builders import (CACHE_FOLDER_NAME, CaptionedImagesConfig, KclipCustom, load_prepared_builder,
                                       prepare_tfds)
-from kclip.image_io import load_image
+from kclip.data.image_io import load_image
 
 tfds.disable_progress_bar()
 RESIZING = keras_hub.layers.ImageConverter(image_size=(8, 8)).resizing

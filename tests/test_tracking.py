@@ -27,8 +27,8 @@ def _wandb_env(monkeypatch, tmp_path, mode):
 
 
 def test_logger_none_recall_best_model_and_grid(tmp_path, monkeypatch, capsys):
-    from kclip.grid import PADDING, GridLayout
-    from kclip.training import GRID_MAX_ROWS, train
+    from kclip.evaluation.grid import PADDING, GridLayout
+    from kclip.training.run import GRID_MAX_ROWS, train
 
     folders = _wandb_env(monkeypatch, tmp_path, "offline")  # logger none must win over the environment
     config = tiny_config(tmp_path / "run", tmp_path / "data", max_epochs=3, steps_per_epoch=2,
@@ -82,7 +82,7 @@ def _staged_files(data_dir):
 
 
 def test_wandb_offline_run_has_metrics_and_retrieval_table(tmp_path, monkeypatch, capsys):
-    from kclip.training import train
+    from kclip.training.run import train
 
     folders = _wandb_env(monkeypatch, tmp_path, "offline")
     config = tiny_config(tmp_path / "run", tmp_path / "data", max_epochs=2, steps_per_epoch=2,
@@ -131,7 +131,7 @@ def test_wandb_offline_run_has_metrics_and_retrieval_table(tmp_path, monkeypatch
 
 
 def test_warmup_cosine_curve():
-    from kclip.callbacks import warmup_cosine
+    from kclip.training.callbacks import warmup_cosine
 
     assert warmup_cosine(0.5, 1.0, 1.0, 10) == pytest.approx(0.5)
     assert warmup_cosine(1.0, 1.0, 1.0, 10) == pytest.approx(1.0)
@@ -142,7 +142,7 @@ def test_warmup_cosine_curve():
 
 
 def test_wandb_mode_offline_without_login(monkeypatch, tmp_path):
-    from kclip.tracking import wandb_mode
+    from kclip.training.tracking import wandb_mode
 
     _wandb_env(monkeypatch, tmp_path, "offline")
     monkeypatch.delenv("WANDB_MODE")

@@ -47,7 +47,7 @@ def test_flickr8k_config_trains_from_local_presets(make_fixture, tmp_path):
     """scripts/train.py with configs/flickr8k.yaml on either Flickr8k layout, presets in local folders."""
     import keras_hub
 
-    from kclip.towers import build_word_vocabulary
+    from kclip.models.towers import build_word_vocabulary
 
     fixture = make_fixture(tmp_path)
     image_preset, text_preset = tmp_path / "resnet_preset", tmp_path / "distilbert_preset"

@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from helpers import seeded_model_and_batch
-from kclip import conv_layout, optimizers
+from kclip.backends.torch import conv_layout
+from kclip.models import optimizers
 
 pytestmark = pytest.mark.skipif(keras.config.backend() != "torch", reason="torch kernels")
 
@@ -55,7 +56,7 @@ def test_fast_conv_kernels_give_the_same_outputs_and_gradients():
 
 
 def test_a_training_step_with_every_lever_matches_plain_keras():
-    from kclip.training import training_levers
+    from kclip.backends.torch.levers import training_levers
 
     def step(levers):
         model, inputs, image_ids = seeded_model_and_batch()

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 from kclip.data import report as skip
 from kclip.data import splits as split_rules
 from kclip.data.report import SkipReport
-from kclip.image_io import find_unreadable_images, iter_image_files
+from kclip.data.image_io import find_unreadable_images, iter_image_files
 
 LAYOUTS = {
     "kaggle_flickr8k": "Images/ folder + captions.txt (CSV with header 'image,caption')",

@@ -8,7 +8,7 @@ in TensorFlow's threads, off the training thread.
 Two sources give the same batches:
 
 - `training_dataset` reads loose files. Images are decoded with
-  `kclip.image_io.load_image` (Pillow), the same function search and indexing use,
+  `kclip.data.image_io.load_image` (Pillow), the same function search and indexing use,
   so that training and inference see identical pixels (EXIF orientation, CMYK,
   16-bit and palette files included).
 - `prepared_dataset` reads the shards `kclip.data.tfds_builders.prepare_tfds`
@@ -22,7 +22,7 @@ shuffling, caching and batching below (`_batches`).
 import numpy as np
 import tensorflow as tf
 
-from kclip.image_io import load_image
+from kclip.data.image_io import load_image
 
 # kclip trains on torch; TensorFlow only feeds it, and must not map the GPU's memory.
 try:

@@ -6,7 +6,7 @@ One implementation serves every source family (`kclip_flickr8k`, `kclip_flickr30
 image, bad files already skipped and reported) and writes TFRecord (or ArrayRecord) shards
 with one example per image:
 
-- `image`: JPEG bytes, quality 95, normalized through `kclip.image_io.load_image`
+- `image`: JPEG bytes, quality 95, normalized through `kclip.data.image_io.load_image`
   (EXIF orientation applied, RGB, longer side at most `max_side`), so training never meets
   an odd file;
 - `captions`: every caption kept for the image; `image_id`: its id (path in the image folder);
@@ -44,7 +44,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from kclip.data.splits import SPLITS
-from kclip.image_io import ImageLoadError, encode_jpeg, load_image
+from kclip.data.image_io import ImageLoadError, encode_jpeg, load_image
 
 # Bump when the content of the prepared examples changes, so old shards are not reused.
 PREPARED_FORMAT = 1

@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kclip.evaluation import embed_split, metrics_from_embeddings
+from kclip.evaluation.evaluate import embed_split, metrics_from_embeddings
 
 RECALL_KEYS = ("t2i_r@1", "t2i_r@5", "t2i_r@10", "i2t_r@1", "i2t_r@5", "i2t_r@10", "rsum")
 
@@ -97,7 +97,7 @@ class BestModelExport(keras.callbacks.Callback):
         value = _current_value(logs, self.monitor)
         if value is None or not self._improves(value):
             return
-        from kclip.training import export_model
+        from kclip.training.export import export_model
 
         export_model(self.model, self.path)
         self.best = value

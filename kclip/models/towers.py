@@ -12,9 +12,9 @@ import re
 import keras
 import keras_hub
 
-from kclip.backbone import DualEncoderBackbone
-from kclip.preprocessor import DualEncoderPreprocessor
-from kclip.task import DualEncoder
+from kclip.models.backbone import DualEncoderBackbone
+from kclip.models.preprocessor import DualEncoderPreprocessor
+from kclip.models.task import DualEncoder
 
 # ImageNet statistics, as KerasHub's ResNet presets use them.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
-from kclip.image_io import ImageLoadError, load_image
+from kclip.data.image_io import ImageLoadError, load_image
 
 PADDING = 8
 LABEL_HEIGHT = 16

@@ -11,7 +11,7 @@ Keras 3's `Function._run_through_graph`. The computation, and so every output an
 gradient, is unchanged: only when Python lets go of the tensors changes.
 
 `kclip.train` turns it on around `fit` (`trainer.release_intermediates`, default
-true), with `kclip.fused_batch_norm`.
+true), with `kclip.backends.torch.fused_batch_norm`.
 """
 
 import collections

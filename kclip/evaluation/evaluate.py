@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from kclip.retrieval import format_metrics_table, retrieval_metrics, text_to_image_ranks, top_k
+from kclip.evaluation.metrics import format_metrics_table, retrieval_metrics, text_to_image_ranks, top_k
 
 
 def _progress(total, description, progress):
@@ -87,7 +87,7 @@ def query_matches(embeddings, query_indices, k):
 
 
 def grid_rows(images, embeddings, num_queries=8, k=5):
-    """Rows for `kclip.grid.render_grid`: (caption, [(image path, score, is_true), ...])."""
+    """Rows for `kclip.evaluation.grid.render_grid`: (caption, [(image path, score, is_true), ...])."""
     captions = [caption for image in images for caption in image.captions]
     queries = choose_queries(images, num_queries)
     rows = []
@@ -99,7 +99,7 @@ def grid_rows(images, embeddings, num_queries=8, k=5):
 
 def write_grid(images, embeddings, out_path, num_queries=8, k=5, tile_size=96):
     """A PNG of `num_queries` captions and their top-k images, the true image outlined."""
-    from kclip.grid import render_grid
+    from kclip.evaluation.grid import render_grid
 
     return render_grid(grid_rows(images, embeddings, num_queries, k), Path(out_path), tile_size=tile_size)
 

@@ -6,7 +6,7 @@ Layout of an index folder (no pickle anywhere):
     partial/part-<token>.npy    rows embedded by an unfinished build (+ part-<token>.json listing
                                 their files); deleted once a build completes
     ann-<sha16>.faiss/.json     optional ANN index of the embeddings whose sha256 starts with sha16
-                                (see kclip.ann); used only if its .json matches metadata.json
+                                (see kclip.index.ann); used only if its .json matches metadata.json
 
 metadata.json keys: format, format_version, image_dir (absolute), model_fingerprint, embedding_dim,
 dtype, normalized, embeddings_file, embeddings_sha256 (of the array's raw bytes), count,

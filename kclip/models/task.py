@@ -7,11 +7,11 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from kclip import losses
-from kclip.backbone import DualEncoderBackbone
-from kclip.image_io import load_image
-from kclip.optimizers import MultiRateAdamW
-from kclip.preprocessor import DualEncoderPreprocessor
+from kclip.models import losses
+from kclip.models.backbone import DualEncoderBackbone
+from kclip.data.image_io import load_image
+from kclip.models.optimizers import MultiRateAdamW
+from kclip.models.preprocessor import DualEncoderPreprocessor
 
 
 @keras.saving.register_keras_serializable(package="kclip")

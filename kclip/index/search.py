@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from kclip.image_io import is_image_file_name, load_image
-from kclip.index import Index, SearchResult, _decode_side
+from kclip.data.image_io import is_image_file_name, load_image
+from kclip.index.index import Index, SearchResult, _decode_side
 
 def _is_image_query(query) -> bool:
     """Arrays, PIL images and Path objects are images; so is a str ending in an image extension.

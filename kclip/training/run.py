@@ -1,85 +1,22 @@
 """One training run, from a `Config` to `OUTPUT_DIR/model.keras` and test recall."""
 
-import contextlib
 import json
-import os
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import keras
 
-from kclip import conv_layout, fused_batch_norm, graph_memory
+from kclip.backends.torch.levers import training_levers
 from kclip.data.pipeline import datasets_for_training
 from kclip.data.sources import load_records
-from kclip.evaluation import embed_split, evaluate, format_metrics_table, write_grid
-from kclip.towers import build_dual_encoder, build_word_vocabulary
+from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_table, write_grid
+from kclip.models.towers import build_dual_encoder, build_word_vocabulary
+from kclip.training.export import export_model
+from kclip.training.tracking import finish_tracking, training_callbacks
+from kclip.utils.precision import resolve_precision
 
 GRID_MAX_ROWS = 12
-
-
-def resolve_precision(precision="auto"):
-    """auto: float16 mixed precision on a GPU, bfloat16 on a CPU.
-
-    On a CPU float16 is 6-20x slower than float32 while bfloat16 is faster.
-    """
-    if precision != "auto":
-        return precision
-    return "mixed_float16" if _gpu_available() else "mixed_bfloat16"
-
-
-@contextlib.contextmanager
-def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fast_conv_kernels=True):
-    """The measured speed and memory levers that apply while `fit` runs (all on by default).
-
-    Each changes how the step runs, not what it computes; benchmarks/RESULTS-training.md
-    records what each one gives.
-    """
-    with fused_batch_norm.enabled(fused_batch_norm_kernel), graph_memory.enabled(
-        release_intermediates
-    ), conv_layout.enabled(fast_conv_kernels):
-        yield
-
-
-def _gpu_available():
-    if keras.config.backend() == "torch":
-        import torch
-
-        return torch.cuda.is_available()
-    if keras.config.backend() == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
-    return False
-
-
-def export_model(model, path):
-    """Saves a `.keras` file without optimizer state, atomically.
-
-    `include_optimizer=False` is ignored for `.keras`, so the model is rebuilt from
-    its config and weights first. The file is written under a temporary name and
-    renamed, so a crash never leaves a truncated model behind.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    backbone = model.backbone.__class__.from_config(model.backbone.get_config())
-    backbone.set_weights(model.backbone.get_weights())
-    # The preprocessor is shared, not rebuilt: its vocabulary lives in assets, not config.
-    clone = model.__class__(
-        backbone,
-        model.preprocessor,
-        contrastive_loss=model.contrastive_loss,
-        temperature=model.temperature,
-        compile=False,
-    )
-    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}.keras")
-    try:
-        clone.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
 
 
 def build_model_for_data(config, train_images):
@@ -110,8 +47,6 @@ def train(config, callbacks=(), verbose="auto"):
 
     Returns (model, history, test_metrics).
     """
-    from kclip.tracking import finish_tracking, training_callbacks
-
     keras.utils.set_random_seed(config.trainer.seed)
     policy = resolve_precision(config.trainer.precision)
     keras.config.set_dtype_policy(policy)

@@ -110,7 +110,7 @@ class AnnSearcher:
 
     def save(self, directory: Path, metadata: dict) -> None:
         """Write ann-<sha16>.faiss then its .json record, each atomically (see the module docstring)."""
-        from kclip.index_store import _atomic_write, _write_json
+        from kclip.index.store import _atomic_write, _write_json
 
         if self.faiss_index is None:
             return  # too small to need a file; rebuilding is instant
@@ -162,7 +162,7 @@ class AnnSearcher:
         queries = _as_float32(np.atleast_2d(query_embeddings))
         k = min(int(k), len(self.embeddings))
         if self.faiss_index is None:
-            from kclip.retrieval import top_k
+            from kclip.evaluation.metrics import top_k
 
             return top_k(queries, self.embeddings, k)
         num_candidates = min(len(self.embeddings), max(self.rerank, 4 * k))

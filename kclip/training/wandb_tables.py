@@ -4,7 +4,7 @@ Built on `wandb.integration.keras.WandbEvalCallback`: the validation images are 
 thumbnails, in a data table; each evaluated epoch's prediction table refers to them instead of
 uploading them again. Each row is one query caption with:
 - its true image and whether that image is in the top `max_matches` ("hit @r" or "miss (rank r)");
-- a strip picture of the top matches, the true image outlined in green (kclip.grid.render_grid);
+- a strip picture of the top matches, the true image outlined in green (kclip.evaluation.grid.render_grid);
 - each match as an image, with its score.
 The prediction table is also logged to the run's history, so it shows in the run's workspace.
 Offline (where `use_artifact` is not allowed) the data table is logged with `log_artifact`.
@@ -18,9 +18,9 @@ import wandb
 from PIL import Image
 from wandb.integration.keras import WandbEvalCallback
 
-from kclip.evaluation import choose_queries, query_matches
-from kclip.grid import render_grid
-from kclip.image_io import ImageLoadError, load_image
+from kclip.evaluation.evaluate import choose_queries, query_matches
+from kclip.evaluation.grid import render_grid
+from kclip.data.image_io import ImageLoadError, load_image
 
 THUMBNAIL_SIDE = 128
 STRIP_TILE = 64

@@ -60,7 +60,7 @@ def _check_pixel_count(image: Image.Image, name: str, max_pixels: int) -> None:
     if width * height > max_pixels:
         raise ImageLoadError(
             f"{name}: image is {width}x{height} = {width * height / 1e6:.0f} megapixels, above the "
-            f"limit of {max_pixels / 1e6:.0f} MP (kclip.image_io.MAX_IMAGE_PIXELS). Downscale the file, "
+            f"limit of {max_pixels / 1e6:.0f} MP (kclip.data.image_io.MAX_IMAGE_PIXELS). Downscale the file, "
             "or pass a larger max_pixels if you really mean to decode it."
         )
 

@@ -4,8 +4,8 @@
     for result in search("a dog on a beach", model, index, top_k=5):
         print(result.rank, result.score, result.path)
 
-The files on disk are described in kclip.index_store. Search is exact (every image is scored) for
-indexes under ANN_THRESHOLD images and approximate above it (kclip.ann: faiss PQ fast-scan plus exact
+The files on disk are described in kclip.index.store. Search is exact (every image is scored) for
+indexes under ANN_THRESHOLD images and approximate above it (kclip.index.ann: faiss PQ fast-scan plus exact
 re-ranking, saved beside the embeddings); backend="exact" or "ann" forces either.
 """
 from __future__ import annotations
@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from kclip.ann import AnnSearcher
-from kclip.image_io import ImageLoadError, iter_image_files, load_image
-from kclip.index_store import (
+from kclip.index.ann import AnnSearcher
+from kclip.data.image_io import ImageLoadError, iter_image_files, load_image
+from kclip.index.store import (
     CHECKPOINT_DIR, FORMAT_NAME, METADATA_FILE, FileRecord, commit, file_records, load_embeddings,
     read_checkpoints, read_metadata, write_checkpoint,
 )
-from kclip.retrieval import top_k as exact_top_k
+from kclip.evaluation.metrics import top_k as exact_top_k
 
 logger = logging.getLogger(__name__)
 

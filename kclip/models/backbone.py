@@ -4,7 +4,7 @@ import keras
 import keras_hub
 from keras import ops
 
-from kclip.layers import ContrastiveLogits, L2Normalize, ProjectionHead
+from kclip.models.layers import ContrastiveLogits, L2Normalize, ProjectionHead
 
 
 def _text_features(sequence_output):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import keras
 
-from kclip.callbacks import (
+from kclip.training.callbacks import (
     BestModelExport,
     EvaluationEarlyStopping,
     EvaluationReduceLROnPlateau,
@@ -138,7 +138,7 @@ def training_callbacks(config, output_dir, validation_images=()):
 def wandb_callbacks(config, output_dir, recall):
     from wandb.integration.keras import WandbMetricsLogger, WandbModelCheckpoint
 
-    from kclip.wandb_tables import RetrievalTableCallback
+    from kclip.training.wandb_tables import RetrievalTableCallback
 
     if wandb_mode() == "disabled":
         return []

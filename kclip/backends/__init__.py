@@ -1,0 +1,1 @@
+"""Backend-specific code. Everything outside this folder is portable Keras (`keras.ops`)."""

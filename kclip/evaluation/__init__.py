@@ -1,0 +1,1 @@
+"""Retrieval recall (the standard protocol), evaluation of a split, and result grids."""

@@ -1,0 +1,33 @@
+"""Writing a trained model to a `.keras` file for search and evaluation."""
+
+import os
+from pathlib import Path
+
+
+def export_model(model, path):
+    """Saves a `.keras` file without optimizer state, atomically.
+
+    `include_optimizer=False` is ignored for `.keras`, so the model is rebuilt from
+    its config and weights first. The file is written under a temporary name and
+    renamed, so a crash never leaves a truncated model behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    backbone = model.backbone.__class__.from_config(model.backbone.get_config())
+    backbone.set_weights(model.backbone.get_weights())
+    # The preprocessor is shared, not rebuilt: its vocabulary lives in assets, not config.
+    clone = model.__class__(
+        backbone,
+        model.preprocessor,
+        contrastive_loss=model.contrastive_loss,
+        temperature=model.temperature,
+        compile=False,
+    )
+    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}.keras")
+    try:
+        clone.save(temporary)
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()
+    return path

@@ -1,0 +1,1 @@
+"""Helpers shared by every stage: hardware-aware precision, safe file writes."""
