@@ -1,0 +1,162 @@
+"""What the search server holds: the model behind a lock, and the index, reloaded when it changes on disk.
+
+Requests take one `IndexSnapshot` at their start and use only it, so a rebuild landing mid-request
+never mixes two versions of the index in one answer. A new snapshot is made when metadata.json changes
+(kclip.index.store replaces it last and atomically, so a changed file means a complete new index).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from kclip.index.index import Index
+from kclip.index.store import METADATA_FILE
+
+logger = logging.getLogger(__name__)
+
+
+def image_id(relative_path: str) -> str:
+    """A stable, opaque id for an indexed file: what URLs carry instead of a path."""
+    return hashlib.sha256(relative_path.encode("utf-8")).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One indexed image as the server shows it."""
+
+    row: int
+    id: str
+    path: str  # relative to the image folder, "/"-separated, as metadata.json stores it
+    size: int
+    mtime_ns: int
+
+    @property
+    def name(self) -> str:
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def version(self) -> str:
+        """Changes when the file does, so a changed photo gets a fresh thumbnail."""
+        return hashlib.sha256(f"{self.path}\0{self.size}\0{self.mtime_ns}".encode()).hexdigest()[:16]
+
+
+class IndexSnapshot:
+    """One loaded version of the index, with its search backend ready and ids for every file."""
+
+    def __init__(self, index: Index, token: tuple):
+        self.index = index
+        self.token = token
+        self.entries = [
+            Entry(row, image_id(record["path"]), record["path"], int(record["size"]), int(record["mtime_ns"]))
+            for row, record in enumerate(index.metadata.get("files", []))
+        ]
+        self.by_id = {entry.id: entry for entry in self.entries}
+        # Index.search answers with paths; this maps them back to rows.
+        self.row_by_path = {path: row for row, path in enumerate(index.paths)}
+        index.prepare()  # built here, under the reload lock, never by two requests at once
+
+    def entry(self, identifier: str) -> Entry | None:
+        return self.by_id.get(identifier)
+
+    def file_path(self, entry: Entry) -> Path:
+        # The path comes from metadata.json, never from the request.
+        return self.index.image_dir / entry.path
+
+    def embedding(self, entry: Entry) -> np.ndarray:
+        return np.asarray(self.index.embeddings[entry.row], dtype=np.float32)
+
+    def info(self) -> dict:
+        metadata = self.index.metadata
+        return {"count": len(self.index), "updated_at": metadata.get("updated_at"),
+                "backend": self.index.resolved_backend, "skipped": metadata.get("num_skipped", 0)}
+
+
+def _disk_token(directory: Path) -> tuple:
+    status = os.stat(directory / METADATA_FILE)
+    return (status.st_mtime_ns, status.st_size, status.st_ino)
+
+
+class IndexWatcher:
+    """Hands out the current IndexSnapshot, loading a new one when metadata.json has changed.
+
+    The check is one stat() per request. A new index that cannot be used (damaged, or built by
+    another model) is not swapped in: the previous snapshot keeps serving and `warning` says why.
+    """
+
+    def __init__(self, directory, fingerprint: str, backend: str = "auto"):
+        self.directory = Path(directory).expanduser().resolve()
+        self.fingerprint = str(fingerprint)
+        self.backend = backend
+        self.warning: str | None = None
+        self.on_reload = None  # called with each new snapshot (the app prunes old thumbnails)
+        self._lock = threading.Lock()
+        self._failed_token = None
+        self._snapshot = self._load(_disk_token(self.directory))  # errors at start-up are raised
+
+    def _load(self, token: tuple) -> IndexSnapshot:
+        # A rebuild may delete the embeddings file between reading metadata.json and the array; retry once.
+        for attempt in range(2):
+            try:
+                index = Index.load(self.directory, backend=self.backend)
+                break
+            except FileNotFoundError:
+                if attempt:
+                    raise
+                token = _disk_token(self.directory)
+        if index.fingerprint != self.fingerprint:
+            raise ValueError(
+                f"the index in {self.directory} was built by model {index.fingerprint}, but the server's model is "
+                f"{self.fingerprint}; serve it with the model that built it, or rebuild it with this one."
+            )
+        return IndexSnapshot(index, token)
+
+    def current(self) -> IndexSnapshot:
+        try:
+            token = _disk_token(self.directory)
+        except OSError:
+            token = None  # metadata.json is missing for a moment (or for good): keep serving what we have
+        snapshot = self._snapshot
+        if token is None or token == snapshot.token or token == self._failed_token:
+            return snapshot
+        with self._lock:
+            if self._snapshot.token == token or token == self._failed_token:
+                return self._snapshot
+            try:
+                snapshot = self._load(token)
+            except (OSError, ValueError, KeyError) as error:
+                self._failed_token = token
+                self.warning = (f"the index on disk changed but could not be loaded ({error}); "
+                                "still serving the previous version.")
+                logger.warning(self.warning)
+                return self._snapshot
+            self._snapshot, self.warning = snapshot, None
+            logger.info("reloaded the index from %s: %d images", self.directory, len(snapshot.index))
+        if self.on_reload is not None:
+            try:
+                self.on_reload(snapshot)
+            except OSError as error:
+                logger.warning("after reloading the index: %s", error)
+        return snapshot
+
+
+class ModelRunner:
+    """Runs the model one call at a time: Keras models are not safe to call from several threads."""
+
+    def __init__(self, model):
+        self.model = model
+        self._lock = threading.Lock()
+        self.fingerprint = str(model.fingerprint())
+
+    def encode_text(self, text: str) -> np.ndarray:
+        with self._lock:
+            return np.asarray(self.model.encode_text([text]), dtype=np.float32)
+
+    def encode_image(self, image: np.ndarray) -> np.ndarray:
+        with self._lock:
+            return np.asarray(self.model.encode_image([image]), dtype=np.float32)
