@@ -27,7 +27,7 @@ from kclip.models.optimizers import MultiRateAdamW  # noqa: E402
 from kclip.models.preprocessor import DualEncoderPreprocessor  # noqa: E402
 from kclip.models.task import DualEncoder  # noqa: E402
 from kclip.models.towers import build_dual_encoder  # noqa: E402
-from kclip.serve import create_app, serve  # noqa: E402
+from kclip.serve import create_app, serve_page  # noqa: E402
 from kclip.training.export import export_model  # noqa: E402
 from kclip.training.run import train  # noqa: E402
 

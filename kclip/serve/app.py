@@ -63,7 +63,7 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
 
     model: a kclip DualEncoder (or anything with encode_text, encode_image and fingerprint).
     The index is re-read when it changes on disk (checked on every request); thumbnails are cached in
-    index_dir/thumbnails. Serve it with any ASGI server, e.g. `uvicorn.run(app)`, or use kclip.serve.
+    index_dir/thumbnails. Serve it with any ASGI server, e.g. `uvicorn.run(app)`, or use kclip.serve_page.
     """
     if not isinstance(max_upload_bytes, int) or max_upload_bytes < 1:
         raise ValueError(f"max_upload_bytes must be a positive integer; got {max_upload_bytes!r}.")

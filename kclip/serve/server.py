@@ -1,4 +1,4 @@
-"""Running the search app: `serve` blocks like any web server; `BackgroundServer` runs it in a thread.
+"""Running the search app: `serve_page` blocks like any web server; `BackgroundServer` runs it in a thread.
 
 Binding anything but a loopback address puts the photos and the model within reach of the network,
 with no login in front; that is allowed, since it is sometimes wanted, but it is warned about.
@@ -41,7 +41,7 @@ def check_host(host: str) -> None:
         )
 
 
-def serve(model, index_dir, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_level: str = "info",
+def serve_page(model, index_dir, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_level: str = "info",
           **app_options) -> None:
     """Serve the search page for the index in `index_dir` until interrupted (Ctrl+C).
 
