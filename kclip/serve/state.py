@@ -97,18 +97,22 @@ class IndexWatcher:
         self.on_reload = None  # called with each new snapshot (the app prunes old thumbnails)
         self._lock = threading.Lock()
         self._failed_token = None
-        self._snapshot = self._load(_disk_token(self.directory))  # errors at start-up are raised
+        self._snapshot = self._load()  # errors at start-up are raised
 
-    def _load(self, token: tuple) -> IndexSnapshot:
-        # A rebuild may delete the embeddings file between reading metadata.json and the array; retry once.
+    def _load(self) -> IndexSnapshot:
+        # The token is read before the index, so a rebuild landing in between is caught by the next check.
+        # A rebuild may also delete the embeddings file between reading metadata.json and the array: retry once.
         for attempt in range(2):
+            try:
+                token = _disk_token(self.directory)
+            except OSError:
+                token = None  # Index.load says what is missing
             try:
                 index = Index.load(self.directory, backend=self.backend)
                 break
             except FileNotFoundError:
-                if attempt:
+                if attempt or token is None:
                     raise
-                token = _disk_token(self.directory)
         if index.fingerprint != self.fingerprint:
             raise ValueError(
                 f"the index in {self.directory} was built by model {index.fingerprint}, but the server's model is "
@@ -128,7 +132,7 @@ class IndexWatcher:
             if self._snapshot.token == token or token == self._failed_token:
                 return self._snapshot
             try:
-                snapshot = self._load(token)
+                snapshot = self._load()
             except (OSError, ValueError, KeyError) as error:
                 self._failed_token = token
                 self.warning = (f"the index on disk changed but could not be loaded ({error}); "
