@@ -143,3 +143,24 @@ def test_refusals_are_shown_as_messages(page, server, tmp_path):
     page.goto(server.url + "/?like=0000000000000000")
     page.wait_for_selector("#message:not([hidden])")
     assert "not in the index" in page.inner_text("#message")
+
+
+def test_the_readme_screenshot_command_works(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    from PIL import Image
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "page_screenshot.py"
+    spec = importlib.util.spec_from_file_location("kclip_script_page_screenshot", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    index_dir = build_colour_index(tmp_path)
+    out = tmp_path / "shot.png"
+    assert module.main(["--model", "fake", "--index", str(index_dir), "--query", "blue", "--out", str(out),
+                        "--width", "800", "--height", "600"], load_model=lambda path: FakeEncoder()) == 0
+    shot = Image.open(out).convert("RGB")
+    assert shot.size == (800, 600)
+    # The first thumbnail (blue.png) is drawn: pure-blue pixels are on the page.
+    pixels = list(shot.getdata())
+    assert sum(1 for r, g, b in pixels if b > 200 and r < 60 and g < 60) > 5000
