@@ -1,6 +1,8 @@
 """The search page's JSON API and files, in-process (TestClient) and over HTTP, with the fake colour encoder."""
 import io
 import os
+import threading
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,11 +15,11 @@ from PIL import Image
 
 import kclip
 from kclip.serve import thumbnails as thumbnail_module
-from fake_encoder import FakeEncoder, solid_image
+from fake_encoder import COLOURS, FakeEncoder, colour_embedding, solid_image
 from kclip.serve import BackgroundServer, create_app
 from kclip.serve.app import STATIC_DIR
 from kclip.serve.server import check_host
-from kclip.serve.state import image_id
+from kclip.serve.state import ModelRunner, image_id
 from serve_fixtures import PHOTO_COLOURS, SECRET, ExclusiveEncoder, build_colour_index, noise_png, png_bytes
 
 
@@ -189,7 +191,38 @@ def test_concurrent_queries_over_http_get_their_own_answers(tmp_path):
         upload = http.post("/api/search/image", files={"image": ("q.png", png_bytes("blue"), "image/png")})
     assert answers == [(200, f"{colour}.png") for colour in queries]
     assert upload.json()["results"][0]["name"] == "blue.png"
-    assert encoder.overlaps == 0 and encoder.text_calls == len(queries)
+    assert encoder.overlaps == 0 and 1 <= encoder.text_calls <= len(queries)
+
+
+def test_texts_waiting_for_the_model_are_embedded_together_each_getting_its_own_row():
+    entered, release = threading.Event(), threading.Event()
+
+    class Gated(FakeEncoder):
+        batches = []
+
+        def encode_text(self, texts, batch_size=32):
+            self.batches.append(list(texts))
+            if len(self.batches) == 1:
+                entered.set()
+                release.wait(10)
+            return super().encode_text(texts, batch_size)
+
+    encoder = Gated()
+    runner = ModelRunner(encoder)
+    waiting = ["green", "blue", "yellow", "cyan"]
+    with ThreadPoolExecutor(len(waiting) + 1) as pool:
+        first = pool.submit(runner.encode_text, "red")
+        assert entered.wait(10)
+        others = [pool.submit(runner.encode_text, colour) for colour in waiting]
+        deadline = time.monotonic() + 10
+        while len(runner._pending) < len(waiting) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        release.set()
+        vectors = [first.result()] + [future.result() for future in others]
+    assert encoder.batches[0] == ["red"] and sorted(encoder.batches[1]) == sorted(waiting)
+    assert len(encoder.batches) == 2
+    for colour, vector in zip(["red", *waiting], vectors):
+        assert vector.shape == (1, 4) and np.allclose(vector[0], colour_embedding(COLOURS[colour]))
 
 
 def test_unexpected_errors_answer_without_a_stack_trace(index_dir):

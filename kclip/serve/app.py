@@ -15,6 +15,7 @@ unexpected is logged and answered with a short 500 message, never a stack trace.
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -91,17 +92,24 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
         logger.exception("error while answering %s", request.url.path)
         return _error(500, "the server failed to answer this request; its log has the details.")
 
-    def answer(snapshot, query_embedding, k: int, offset: int, query: dict) -> dict:
+    def answer(snapshot, embed, k: int, offset: int, query: dict) -> JSONResponse:
+        """Search with the embedding `embed()` returns; the Server-Timing header says where the time went."""
+        started = time.perf_counter()
+        query_embedding = embed()
+        embedded = time.perf_counter()
         found = snapshot.index.search(query_embedding, min(offset + k, len(snapshot.index)))[0][offset:]
+        searched = time.perf_counter()
         results = []
         for result in found:
-            entry = snapshot.entries[_row_of(snapshot, result)]
+            entry = snapshot.entries[snapshot.row_by_path[result.path]]
             results.append({"rank": result.rank, "score": round(result.score, 4), "id": entry.id,
                             "name": entry.name, "path": entry.path,
                             "thumbnail": f"/thumb/{entry.id}?v={entry.version}", "image": f"/image/{entry.id}"})
-        return {"query": query, "k": k, "offset": offset, "results": results,
+        body = {"query": query, "k": k, "offset": offset, "results": results,
                 "has_more": offset + k < min(len(snapshot.index), MAX_RESULTS),
                 "index": snapshot.info(), "warning": watcher.warning}
+        timing = f"embed;dur={(embedded - started) * 1000:.2f}, search;dur={(searched - embedded) * 1000:.2f}"
+        return JSONResponse(body, headers={"Server-Timing": timing})
 
     def search_text_or_like(q, like, k, offset):
         k, offset = _paging(k, offset)
@@ -110,10 +118,10 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
             entry = snapshot.entry(like)
             if entry is None:
                 raise HTTPException(404, "that image is not in the index (it may have been removed); search again.")
-            return answer(snapshot, snapshot.embedding(entry), k, offset, {"like": like, "name": entry.name})
+            return answer(snapshot, lambda: snapshot.embedding(entry), k, offset, {"like": like, "name": entry.name})
         if q is None or not q.strip():
             raise HTTPException(400, "the query is empty: type some words to search for, or drop a picture.")
-        return answer(snapshot, runner.encode_text(q.strip()), k, offset, {"q": q.strip()})
+        return answer(snapshot, lambda: runner.encode_text(q.strip()), k, offset, {"q": q.strip()})
 
     @app.get("/api/search")
     def search(q: str | None = None, like: str | None = None, k: str | None = None, offset: str | None = None):
@@ -131,7 +139,7 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
                 raise HTTPException(400, f"could not read {name} as a picture: {_upload_problem(error)}; "
                                          "try a JPEG, PNG, WebP, GIF, BMP or TIFF file.") from None
             snapshot = watcher.current()
-            return answer(snapshot, runner.encode_image(pixels), k, offset, {"image": name})
+            return answer(snapshot, lambda: runner.encode_image(pixels), k, offset, {"image": name})
 
         return await run_in_threadpool(run)
 
@@ -180,11 +188,6 @@ def _upload_problem(error: ImageLoadError) -> str:
     if "cannot identify image file" in reason:
         return "it is not an image, or not a format that can be decoded"
     return reason
-
-
-def _row_of(snapshot, result) -> int:
-    # SearchResult carries the absolute path; the snapshot maps it back to its row.
-    return snapshot.row_by_path[result.path]
 
 
 async def _read_upload(request: Request, max_bytes: int) -> tuple[str, bytes]:

@@ -149,18 +149,57 @@ class IndexWatcher:
         return snapshot
 
 
-class ModelRunner:
-    """Runs the model one call at a time: Keras models are not safe to call from several threads."""
+class _TextRequest:
+    __slots__ = ("text", "vector", "error", "done")
 
-    def __init__(self, model):
+    def __init__(self, text: str):
+        self.text, self.vector, self.error, self.done = text, None, None, False
+
+
+class ModelRunner:
+    """Runs the model one call at a time (Keras models are not safe to call from several threads).
+
+    Text queries that arrive while the model is busy wait in a queue; the next thread to get the model
+    embeds every waiting text in one batch (up to max_batch), which costs little more than one text,
+    and hands each request its own row. So concurrent clients are not served strictly one by one.
+    """
+
+    def __init__(self, model, max_batch: int = 32):
         self.model = model
-        self._lock = threading.Lock()
+        self.max_batch = int(max_batch)
         self.fingerprint = str(model.fingerprint())
+        self._model_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._pending: list[_TextRequest] = []
 
     def encode_text(self, text: str) -> np.ndarray:
-        with self._lock:
-            return np.asarray(self.model.encode_text([text]), dtype=np.float32)
+        """(1, dim) embedding of one text."""
+        request = _TextRequest(text)
+        with self._queue_lock:
+            self._pending.append(request)
+        with self._model_lock:
+            while not request.done:
+                with self._queue_lock:
+                    batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                self._run(batch)
+        if request.error is not None:
+            raise request.error
+        return request.vector[None]
+
+    def _run(self, batch: list) -> None:
+        try:
+            vectors = np.asarray(self.model.encode_text([request.text for request in batch]), dtype=np.float32)
+            if len(vectors) != len(batch):
+                raise ValueError(f"model.encode_text returned {len(vectors)} rows for {len(batch)} texts.")
+            for request, vector in zip(batch, vectors):
+                request.vector = vector
+        except Exception as error:  # every waiting request hears of it, not only the one that ran the batch
+            for request in batch:
+                request.error = error
+        finally:
+            for request in batch:
+                request.done = True
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
-        with self._lock:
+        with self._model_lock:
             return np.asarray(self.model.encode_image([image]), dtype=np.float32)
