@@ -48,27 +48,39 @@ def chromium_path():
     return path
 
 
-def screenshot(model, index, query, out, k=12, width=1200, height=820) -> Path:
-    from playwright.sync_api import sync_playwright
-
+def screenshot(model, index, query, out, k=12, width=1200, height=820, browser=None) -> Path:
+    """Save the page showing `query`'s results to `out`; `browser`: a Playwright browser to reuse."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    with BackgroundServer(create_app(model, index)) as server, sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
-        try:
-            page = browser.new_page(viewport={"width": width, "height": height})
-            page.goto(f"{server.url}/?k={k}")
-            page.fill("#q", query)
-            page.press("#q", "Enter")
-            page.wait_for_selector(".card")
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
-            page.locator(".card").first.hover()
-            page.wait_for_function("() => getComputedStyle(document.querySelector('.card .score')).opacity === '1'")
-            page.screenshot(path=str(out))
-        finally:
-            browser.close()
+    with BackgroundServer(create_app(model, index)) as server:
+        if browser is not None:
+            _shoot(browser, server.url, query, out, k, width, height)
+            return out
+        from playwright.sync_api import sync_playwright
+
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=chromium_path(), headless=True)
+            try:
+                _shoot(browser, server.url, query, out, k, width, height)
+            finally:
+                browser.close()
     return out
+
+
+def _shoot(browser, url, query, out, k, width, height):
+    page = browser.new_page(viewport={"width": width, "height": height})
+    try:
+        page.goto(f"{url}/?k={k}")
+        page.fill("#q", query)
+        page.press("#q", "Enter")
+        page.wait_for_selector(".card")
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)")
+        page.locator(".card").first.hover()
+        page.wait_for_function("() => getComputedStyle(document.querySelector('.card .score')).opacity === '1'")
+        page.screenshot(path=str(out))
+    finally:
+        page.close()
 
 
 def main(argv=None, load_model=kclip.load_model):

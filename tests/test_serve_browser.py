@@ -96,6 +96,15 @@ def test_more_like_this_and_paging(page, server):
     assert card_names(page)[0] == name and "like=" in page.url and "q=" not in page.url
 
 
+def test_a_bookmarked_url_with_its_own_page_size(page, server):
+    page.goto(server.url + "/?q=cyan&k=5")
+    page.wait_for_selector(".card")
+    assert len(card_names(page)) == 5 and card_names(page)[0] == "cyan.png"
+    assert page.input_value("#k") == "5" and page.input_value("#q") == "cyan"
+    search(page, "magenta")  # the next search keeps that page size
+    assert len(card_names(page)) == 5 and "k=5" in page.url
+
+
 def test_a_picture_from_the_file_chooser_or_dropped_searches_by_example(page, tmp_path):
     picture = tmp_path / "holiday.png"
     picture.write_bytes(png_bytes("yellow"))
@@ -145,7 +154,7 @@ def test_refusals_are_shown_as_messages(page, server, tmp_path):
     assert "not in the index" in page.inner_text("#message")
 
 
-def test_the_readme_screenshot_command_works(tmp_path):
+def test_the_readme_screenshot_command_works(tmp_path, browser):
     import importlib.util
     from pathlib import Path
 
@@ -157,8 +166,9 @@ def test_the_readme_screenshot_command_works(tmp_path):
     spec.loader.exec_module(module)
     index_dir = build_colour_index(tmp_path)
     out = tmp_path / "shot.png"
-    assert module.main(["--model", "fake", "--index", str(index_dir), "--query", "blue", "--out", str(out),
-                        "--width", "800", "--height", "600"], load_model=lambda path: FakeEncoder()) == 0
+    args = module.parse_args(["--model", "fake", "--index", str(index_dir), "--query", "blue", "--out", str(out),
+                              "--width", "800", "--height", "600"])
+    module.screenshot(FakeEncoder(), args.index, args.query, args.out, args.k, args.width, args.height, browser=browser)
     shot = Image.open(out).convert("RGB")
     assert shot.size == (800, 600)
     # The first thumbnail (blue.png) is drawn: pure-blue pixels are on the page.

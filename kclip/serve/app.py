@@ -164,7 +164,8 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
         except (ImageLoadError, OSError) as error:
             logger.warning("no thumbnail for %s: %s", entry.path, error)
             raise HTTPException(404, f"{entry.name} can no longer be read; rebuild the index.") from None
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400"})
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400",
+                                                                     "X-Content-Type-Options": "nosniff"})
 
     @app.get("/image/{identifier}")
     def original(identifier: str):
@@ -172,7 +173,7 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
         path = snapshot.file_path(entry)
         if not path.is_file():
             raise HTTPException(404, f"{entry.name} is no longer on disk; rebuild the index.")
-        return FileResponse(path, headers={"Cache-Control": "no-cache"})
+        return FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
 
     @app.get("/")
     def page():

@@ -114,6 +114,9 @@ function clearResults() {
 
 async function run(state) {
   $("q").value = state.q || "";
+  if (![...$("k").options].some((option) => option.value === String(state.k))) {
+    $("k").add(new Option(String(state.k))); // a k typed into the URL; the server checks its range
+  }
   $("k").value = String(state.k);
   $("query-picture").hidden = !uploaded;
   showMessage("");
@@ -135,11 +138,16 @@ async function run(state) {
   $("status").textContent = "Searching…";
   document.body.classList.add("busy");
   try {
-    render(await readAnswer(await request), state.page);
+    let response;
+    try {
+      response = await request;
+    } catch (networkError) {
+      throw new Error("The search server cannot be reached; is it still running?");
+    }
+    render(await readAnswer(response), state.page);
   } catch (error) {
     clearResults();
-    showMessage(error.message.startsWith("Failed to fetch") || error instanceof TypeError
-      ? "The search server cannot be reached; is it still running?" : error.message);
+    showMessage(error.message);
   } finally {
     document.body.classList.remove("busy");
   }
