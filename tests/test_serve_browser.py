@@ -1,7 +1,9 @@
 """The search page in headless Chromium: type, page, "more like this", pictures by chooser and by drop, refusals.
 
-Skipped, with the reason, where Playwright or Chromium is missing; CI installs both (see tests/browser.py).
+Skipped, with the reason, where Playwright or Chromium is missing; CI installs both (see tests/browser.py)
+and sets KCLIP_REQUIRE_BROWSER=1, which turns that skip into a failure.
 """
+import os
 import re
 
 import pytest
@@ -11,7 +13,11 @@ from fake_encoder import FakeEncoder
 from kclip.serve import BackgroundServer, create_app
 from serve_fixtures import PHOTO_COLOURS, SECRET, build_colour_index, noise_png, png_bytes
 
-pytestmark = pytest.mark.skipif(missing_browser_reason() is not None, reason=str(missing_browser_reason()))
+MISSING = missing_browser_reason()
+if MISSING and os.environ.get("KCLIP_REQUIRE_BROWSER") == "1":
+    # CI sets this, so that a machine without Chromium fails instead of quietly skipping.
+    raise RuntimeError(f"KCLIP_REQUIRE_BROWSER=1, but the browser tests cannot run: {MISSING}")
+pytestmark = pytest.mark.skipif(MISSING is not None, reason=f"browser tests skipped: {MISSING}")
 
 UPLOAD_LIMIT = 50_000
 
