@@ -94,7 +94,7 @@ def test_only_indexed_files_are_served(client, index_dir):
     ]
     for url in attempts:
         response = client.get(url)
-        assert response.status_code == 404, url
+        assert response.status_code == 404 and response.json()["error"], url
         assert SECRET not in response.text and "root:" not in response.text, url
 
 
@@ -127,6 +127,18 @@ def test_oversized_upload_is_refused_declared_or_streamed(index_dir):
     assert streamed.status_code == 413
     small = client.post("/api/search/image", files={"image": ("ok.png", noise_png(100), "image/png")})
     assert small.status_code == 200
+
+
+def test_a_small_file_holding_a_huge_picture_is_refused_before_decoding(index_dir, monkeypatch):
+    from kclip.serve import app as app_module
+
+    client = TestClient(create_app(FakeEncoder(), index_dir, max_upload_pixels=1_000_000))
+    monkeypatch.setattr(app_module, "load_image", lambda *args, **kwargs: pytest.fail("decoded a refused picture"))
+    huge = png_bytes("red", size=(1000, 1001))
+    assert len(huge) < 20_000
+    response = client.post("/api/search/image", files={"image": ("huge.png", huge, "image/png")})
+    assert response.status_code == 413
+    assert response.json()["error"].startswith("the picture is 1001x1000 pixels, more than the 1 megapixels")
 
 
 def test_thumbnails_are_made_once_and_kept_beside_the_index(client, index_dir, monkeypatch):

@@ -23,8 +23,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kclip.data.image_io import ImageLoadError, load_image
+from kclip.data.image_io import ImageLoadError, load_image, open_image
 from kclip.serve.state import IndexWatcher, ModelRunner
 from kclip.serve.thumbnails import ThumbnailCache
 
@@ -34,6 +35,9 @@ STATIC_DIR = Path(__file__).parent / "static"
 MAX_K = 100  # results per page
 MAX_RESULTS = 1000  # how deep paging may go (offset + k)
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+# A small file can hold a huge picture (a flat 20000 x 20000 PNG is a few hundred kB); 50 MP fits
+# any phone or camera photo and bounds what one upload may make the server decode.
+DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -59,7 +63,7 @@ def _paging(k: str | None, offset: str | None) -> tuple[int, int]:
 
 
 def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               thumbnail_side: int | None = None) -> FastAPI:
+               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, thumbnail_side: int | None = None) -> FastAPI:
     """A FastAPI app that searches the index in `index_dir` with `model` (the model that built it).
 
     model: a kclip DualEncoder (or anything with encode_text, encode_image and fingerprint).
@@ -79,7 +83,7 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
     app = FastAPI(title="kclip search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.watcher, app.state.runner, app.state.thumbnails = watcher, runner, thumbnails
 
-    @app.exception_handler(HTTPException)
+    @app.exception_handler(StarletteHTTPException)  # also the router's own 404 and 405
     async def http_error(request, error):
         return _error(error.status_code, str(error.detail))
 
@@ -134,6 +138,10 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
 
         def run():
             try:
+                width, height = open_image(data).size  # the header only: refuse before decoding
+                if width * height > max_upload_pixels:
+                    raise HTTPException(413, f"the picture is {width}x{height} pixels, more than the "
+                                             f"{max_upload_pixels / 1e6:g} megapixels accepted; send a smaller one.")
                 pixels = load_image(data, max_side=decode_side)
             except ImageLoadError as error:
                 raise HTTPException(400, f"could not read {name} as a picture: {_upload_problem(error)}; "
