@@ -110,14 +110,14 @@ class AnnSearcher:
 
     def save(self, directory: Path, metadata: dict) -> None:
         """Write ann-<sha16>.faiss then its .json record, each atomically (see the module docstring)."""
-        from kclip.index.store import _atomic_write, _write_json
+        from kclip.utils.files import write_bytes, write_json
 
         if self.faiss_index is None:
             return  # too small to need a file; rebuilding is instant
         stem = ann_file_stem(metadata)
         data = _faiss().serialize_index(self.faiss_index)
-        _atomic_write(directory / f"{stem}.faiss", lambda handle: handle.write(np.asarray(data).tobytes()))
-        _write_json(directory / f"{stem}.json", {**ann_record(metadata), "rerank": self.rerank})
+        write_bytes(directory / f"{stem}.faiss", np.asarray(data).tobytes())
+        write_json(directory / f"{stem}.json", {**ann_record(metadata), "rerank": self.rerank}, indent=1)
 
     @classmethod
     def load(cls, directory: Path, metadata: dict, embeddings: np.ndarray,
