@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -110,6 +111,38 @@ def write_numpy(path, array) -> Path:
     import numpy as np
 
     return write_atomic(path, lambda handle: np.save(handle, np.asarray(array), allow_pickle=False))
+
+
+def temporary_directory(path) -> Path:
+    """A fresh hidden, empty sibling folder of `path` to build a whole folder in (see commit_directory).
+
+    Files written inside it need no atomic writes of their own: nobody reads the folder until
+    commit_directory has fsync'ed them all and renamed the folder into place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
+
+
+def commit_directory(building, path) -> Path:
+    """fsync every file and folder under `building`, then rename it to `path` (replacing a folder there)."""
+    building, path = Path(building), Path(path)
+    for root, _, names in os.walk(building):
+        for name in names:
+            with open(os.path.join(root, name), "rb") as handle:
+                os.fsync(handle.fileno())
+        fsync_directory(root)
+    os.chmod(building, 0o777 & ~_UMASK)  # mkdtemp makes it 0700
+    if path.exists():
+        # A folder cannot be os.replace'd over a non-empty one: move the old one aside first.
+        old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=TEMPORARY_SUFFIX, dir=path.parent))
+        os.replace(path, old / path.name)
+        os.replace(building, path)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(building, path)
+    fsync_directory(path.parent)
+    return path
 
 
 def is_temporary(path) -> bool:
