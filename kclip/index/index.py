@@ -23,7 +23,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kclip.index.ann import AnnSearcher
-from kclip.data.image_io import ImageLoadError, iter_image_files, load_image
+from kclip.data.image_io import ImageLoadError, decode_side, iter_image_files, load_image
 from kclip.index.store import (
     CHECKPOINT_DIR, DEFAULT_LOCK_TIMEOUT, FORMAT_NAME, METADATA_FILE, FileRecord, IndexLockTimeout, commit,
     file_records, index_lock, load_embeddings, load_index_files, read_checkpoints, read_metadata,
@@ -190,9 +190,8 @@ class Index:
 
 
 def _decode_side(model) -> int | None:
-    """Decode photos at twice the model's input size: big enough to crop, far cheaper than full size."""
-    image_size = getattr(model, "image_size", None)
-    return 2 * int(image_size) if isinstance(image_size, (int, np.integer)) and image_size > 0 else None
+    """The shared decoding rule (kclip.data.image_io.decode_side): the pixels encode_image would decode."""
+    return decode_side(getattr(model, "image_size", None))
 
 
 def _load_or_reason(path: Path, max_side: int | None):
