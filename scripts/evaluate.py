@@ -18,7 +18,7 @@ SPLITS = {"train": "train", "val": "validation", "validation": "validation", "te
 
 
 def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--model", required=True, help="A .keras file written by kclip.")
     parser.add_argument("--config", required=True, help="The YAML config the model was trained with.")
     parser.add_argument("--split", default="test", choices=sorted(SPLITS))

@@ -18,7 +18,7 @@ from kclip.index.index import ANN_THRESHOLD, BACKENDS, DTYPES  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Build or update a kclip image index.")
+    parser = argparse.ArgumentParser(description="Build or update a kclip image index.", allow_abbrev=False)
     parser.add_argument("image_dir", help="folder of images, searched recursively")
     parser.add_argument("--model", required=True, help="the .keras model file (kclip.export_model)")
     parser.add_argument("--index", required=True, help="folder the index is written to")
