@@ -11,13 +11,22 @@ activations are channels-last in memory (see benchmarks/RESULTS-training.md).
 Values, shapes and gradients are the same tensors; only memory order changes.
 
 `kclip.train` turns it on around `fit` (`trainer.fast_conv_kernels`, default true).
+It replaces the private `keras.src.backend.torch.nn._transpose_conv_kernel`, so it is used only
+with the Keras and torch releases it was tested on (TESTED_KERAS, TESTED_TORCH); with any other,
+Keras' own conv path runs and a warning says so once.
 """
 
 import contextlib
 import functools
-import warnings
 
 import keras
+
+from kclip.utils.versions import patch_supported, warn_once
+
+# [minimum, below): the releases this patch was read against and tested with.
+TESTED_KERAS = ("3.15", "3.16")
+TESTED_TORCH = ("2.13", "2.14")
+PATCH_NAME = "fast conv kernels (kclip.backends.torch.conv_layout)"
 
 
 def _transpose_conv_kernel(kernel, keras_transpose):
@@ -35,15 +44,17 @@ def _transpose_conv_kernel(kernel, keras_transpose):
 @contextlib.contextmanager
 def enabled(active=True):
     """Convolutions inside the block take their kernels in torch's layout (torch backend only)."""
-    if not active or keras.config.backend() != "torch":
+    if not active or keras.config.backend() != "torch" or not (
+        patch_supported(PATCH_NAME, "keras", *TESTED_KERAS) and patch_supported(PATCH_NAME, "torch", *TESTED_TORCH)
+    ):
         yield
         return
     from keras.src.backend.torch import nn
 
     keras_transpose = getattr(nn, "_transpose_conv_kernel", None)
     if keras_transpose is None:
-        # A Keras that renamed this private helper keeps its own conv path.
-        warnings.warn("This Keras has no torch `_transpose_conv_kernel`; set trainer.fast_conv_kernels=false.")
+        warn_once((PATCH_NAME, "missing"), f"kclip: this Keras has no torch `_transpose_conv_kernel`, so the "
+                  f"{PATCH_NAME} patch is off and Keras' own conv path runs.")
         yield
         return
     nn._transpose_conv_kernel = functools.partial(_transpose_conv_kernel, keras_transpose=keras_transpose)
