@@ -42,6 +42,10 @@ LEARNABLE = {"red": (220, 40, 40), "green": (40, 200, 40), "blue": (40, 40, 220)
              "cyan": (40, 210, 220), "magenta": (210, 40, 210), "white": (235, 235, 235), "black": (20, 20, 20)}
 
 
+TRAIN_TEMPLATES = ["a picture in", "all", "plain", "only", "a square of", "flat", "simply", "mostly", "just",
+                   "a patch of", "a field of", "pure", "coloured"]
+
+
 def write_learnable_set(data_dir, train_per_colour=1, seed=0):
     """A Karpathy-layout set that a tiny model can learn in a few epochs: the caption names the colour.
 
@@ -57,7 +61,10 @@ def write_learnable_set(data_dir, train_per_colour=1, seed=0):
             pixels = np.clip(np.asarray(rgb) + rng.normal(0, 12, (32, 32, 3)), 0, 255).astype("uint8")
             file_name = f"{name}-{number}.png"
             Image.fromarray(pixels).save(data_dir / "Images" / file_name)
-            entries.append((file_name, split, [f"a {name} photo", f"something {name}", f"the colour {name}"]))
+            captions = [f"a {name} photo", f"something {name}", f"the colour {name}"]
+            if split == "train":  # more rows per epoch: more steps for the same per-epoch overhead
+                captions += [f"{template} {name}" for template in TRAIN_TEMPLATES]
+            entries.append((file_name, split, captions))
     write_karpathy_json(data_dir / "dataset_flickr8k.json", entries)
 
 
@@ -72,8 +79,9 @@ def test_a_short_training_run_learns(tmp_path):
     """
     data_dir = tmp_path / "colours"
     write_learnable_set(data_dir)
-    # Every caption is a row (24 per epoch, 3 steps of 8): few epochs, so little per-epoch overhead.
-    config = tiny_config(tmp_path / "run", data_dir, max_epochs=12, seed=0, eval_every_n_epochs=12,
+    # Every caption is a row (8 images x 16 captions: 16 steps of 8 per epoch), so that few epochs
+    # (little per-epoch overhead: backups, logs) give enough steps.
+    config = tiny_config(tmp_path / "run", data_dir, max_epochs=4, seed=0, eval_every_n_epochs=4,
                          lr_schedule="none")
     config.data.dataset_name = "flickr8k"
     config.data.train_batch_size = 8

@@ -3,7 +3,7 @@
 Keras stores a 2-D conv kernel as (height, width, in, out); torch's convolution
 wants (out, in, height, width). Keras' torch backend passes a permuted view, and
 torch then copies it element by element into its own layout, forward and
-backward, at every step (about 3 ms for one 3x3x512x512 kernel on a 2-core CPU).
+backward, at every step.
 Here the same kernel is produced by one 2-D transpose, (height*width*in, out) ->
 (out, height*width*in), which is a fast copy, viewed as (out, in, height, width)
 in channels-last memory order: the order torch uses for kclip's image tower, whose
@@ -32,8 +32,8 @@ PATCH_NAME = "fast conv kernels (kclip.backends.torch.conv_layout)"
 def _transpose_conv_kernel(kernel, keras_transpose):
     import torch
 
-    # Under mixed precision the kernel arrives as a fresh half-precision copy, and a
-    # second copy here cost more than it saved (full bf16: 3% slower, about 200 MB more).
+    # Under mixed precision the kernel arrives as a fresh half-precision copy, and a second
+    # copy here cost more than it saved (benchmarks/RESULTS-training.md, "full bf16" rows).
     if kernel.ndim != 4 or kernel.dtype != torch.float32:
         return keras_transpose(kernel)
     height, width, in_channels, out_channels = kernel.shape
