@@ -139,3 +139,18 @@ def test_reader_rereads_metadata_when_a_commit_removes_its_embeddings(tmp_path, 
     assert calls[0] == old_file and calls[-1] != old_file  # (the build in between loads too)
     assert {path.name for path in index.paths} == {"a1.png", "b1.png"} and index.embeddings.dtype == np.float32
     check_consistent(index)
+
+
+def test_index_script_exits_2_naming_the_lock_file(tmp_path, capsys):
+    from test_no_abbreviations import load_script
+
+    photos, out_dir = tmp_path / "photos", tmp_path / "index"
+    photos.mkdir()
+    write_png(photos, "a1.png")
+    script = load_script("index")
+    with index_lock(out_dir):
+        code = script.main([str(photos), "--model", "m.keras", "--index", str(out_dir), "--lock-timeout", "0.2",
+                            "--no-progress"], load_model=lambda path: FakeEncoder())
+    assert code == 2 and str(out_dir / "index.lock") in capsys.readouterr().err
+    assert script.main([str(photos), "--model", "m.keras", "--index", str(out_dir), "--no-progress"],
+                       load_model=lambda path: FakeEncoder()) == 0
