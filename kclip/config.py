@@ -129,7 +129,9 @@ class Config:
 
 
 def build_parser(description="Train a kclip dual encoder."):
-    parser = ArgumentParser(description=description, exit_on_error=False)
+    # allow_abbrev=False: a mistyped or shortened key (--output, --trainer.max_epoch) must stop the run,
+    # not be taken for the one option it happens to prefix.
+    parser = ArgumentParser(description=description, exit_on_error=False, allow_abbrev=False)
     parser.add_argument("--config", action=ActionConfigFile, help="A YAML config file.")
     parser.add_class_arguments(Config, as_positional=False, fail_untyped=True)
     return parser

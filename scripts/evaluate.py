@@ -8,7 +8,6 @@ options (--data.dir, --data.val_batch_size, ...) override the config as in train
 """
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
@@ -19,7 +18,7 @@ SPLITS = {"train": "train", "val": "validation", "validation": "validation", "te
 
 
 def parse_arguments(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument("--model", required=True, help="A .keras file written by kclip.")
     parser.add_argument("--config", required=True, help="The YAML config the model was trained with.")
     parser.add_argument("--split", default="test", choices=sorted(SPLITS))
@@ -38,6 +37,7 @@ def main(argv=None):
     from kclip.data.sources import load_records
     from kclip.evaluation.evaluate import evaluate, format_metrics_table, write_grid
     from kclip.training.run import GRID_MAX_ROWS
+    from kclip.utils.files import write_json
 
     try:
         config = parse_config(["--config", arguments.config, *overrides])
@@ -61,8 +61,7 @@ def main(argv=None):
     print(format_metrics_table(metrics))
 
     json_path = Path(arguments.json) if arguments.json else model_path.parent / f"{split}_metrics.json"
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(metrics, indent=2))
+    write_json(json_path, metrics)
     print(f"Wrote {json_path}")
     if arguments.grid:
         rows = arguments.grid_rows or min(config.log_prediction_callback.max_sentences, GRID_MAX_ROWS)

@@ -18,7 +18,7 @@ from kclip.index.index import ANN_THRESHOLD, BACKENDS, DTYPES  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Build or update a kclip image index.")
+    parser = argparse.ArgumentParser(description="Build or update a kclip image index.", allow_abbrev=False)
     parser.add_argument("image_dir", help="folder of images, searched recursively")
     parser.add_argument("--model", required=True, help="the .keras model file (kclip.export_model)")
     parser.add_argument("--index", required=True, help="folder the index is written to")
@@ -28,6 +28,8 @@ def parse_args(argv=None):
     parser.add_argument("--backend", choices=BACKENDS, default="auto",
                         help=f"search backend: auto = ANN index from {ANN_THRESHOLD} images on")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--lock-timeout", type=float, default=600.0,
+                        help="seconds to wait while another build writes the same index (default 600)")
     return parser.parse_args(argv)
 
 
@@ -36,7 +38,8 @@ def main(argv=None, load_model=kclip.load_model):
     try:
         model = load_model(args.model)
         index = kclip.build_index(model, args.image_dir, args.index, batch_size=args.batch_size, dtype=args.dtype,
-                                  rebuild=args.rebuild, backend=args.backend, progress=not args.no_progress)
+                                  rebuild=args.rebuild, backend=args.backend, progress=not args.no_progress,
+                                  lock_timeout=args.lock_timeout)
     except (ValueError, OSError, TypeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -20,7 +20,8 @@ from kclip.index.index import BACKENDS, Index  # noqa: E402
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Search a kclip image index by text or by example image.")
+    parser = argparse.ArgumentParser(description="Search a kclip image index by text or by example image.",
+                                     allow_abbrev=False)
     parser.add_argument("query", help="text to search for, or the path of an image (a name ending in .jpg, .png, ...)")
     parser.add_argument("--model", required=True, help="the .keras model file that built the index")
     parser.add_argument("--index", required=True, help="the index folder (scripts/index.py)")

@@ -66,6 +66,52 @@ def test_evaluate_script_prints_table_writes_json_and_grid(saved_model, tmp_path
     assert len(tiles) == 12 and all(tile.std() > 0 for tile in tiles)
 
 
+class KnownEmbeddings:
+    """Stands in for a loaded model: image i of the split is the unit vector e_i; caption 0 of image i
+    is e_i too, every other caption of image i leans towards image i+1 (score 0.8 against 0.6).
+
+    So, by hand: text->image R@1 = images / captions, R@5 = 1; image->text R@1 = 1.
+    """
+
+    def __init__(self, images):
+        self.row_of = {str(image.image_path): number for number, image in enumerate(images)}
+        size = len(images)
+        basis = np.eye(size, dtype="float32")
+        self.texts = np.stack([basis[number] if k == 0 else 0.6 * basis[number] + 0.8 * basis[(number + 1) % size]
+                               for number, image in enumerate(images) for k in range(len(image.captions))])
+        self.basis, self.position = basis, 0
+
+    def encode_image(self, paths, batch_size=64):
+        return self.basis[[self.row_of[str(path)] for path in paths]]
+
+    def encode_text(self, captions, batch_size=256):
+        rows = self.texts[self.position:self.position + len(captions)]
+        self.position += len(captions)
+        return rows
+
+
+def test_evaluate_script_numbers_match_retrieval_metrics_on_known_embeddings(saved_model, tmp_path, monkeypatch):
+    import kclip
+    from kclip.evaluation.metrics import retrieval_metrics
+
+    model_path, config_path, records = saved_model
+    images = records.for_split("validation")
+    fake = KnownEmbeddings(images)
+    monkeypatch.setattr(kclip, "load_model", lambda path: fake)
+    _load_script().main(["--model", str(model_path), "--config", str(config_path), "--split", "val",
+                         "--json", str(tmp_path / "known.json")])
+    written = json.loads((tmp_path / "known.json").read_text())
+
+    owners = np.asarray([number for number, image in enumerate(images) for _ in image.captions])
+    expected = retrieval_metrics(fake.basis, fake.texts, owners)
+    for key, value in expected.items():
+        assert written[key] == pytest.approx(value, abs=1e-12), key
+    assert written["t2i_r@1"] == pytest.approx(len(images) / len(owners))
+    assert written["t2i_r@5"] == 1.0 and written["i2t_r@1"] == 1.0
+    assert written["t2i_median_rank"] == 2.0  # 4 of each image's 5 captions rank their image second
+    assert written["num_images"] == len(images) and written["num_captions"] == len(owners)
+
+
 def test_evaluate_script_default_json_next_to_model(saved_model, capsys):
     model_path, config_path, _ = saved_model
     _load_script().main(["--model", str(model_path), "--config", str(config_path)])

@@ -8,6 +8,7 @@ import pytest
 from PIL import Image
 
 import kclip.index.store
+import kclip.utils.files
 from fake_encoder import COLOURS, FakeEncoder, solid_image
 from kclip.index.index import Index, SearchResult, build_index
 from kclip.index.search import classify, search
@@ -69,7 +70,7 @@ def test_build_writes_documented_format_and_reports_bad_images(photos, tmp_path)
     stored = np.load(out_dir / metadata["embeddings_file"], allow_pickle=False)
     assert stored.dtype == np.float16 and stored.shape == (4, 4)
     np.testing.assert_allclose(np.linalg.norm(stored.astype(np.float32), axis=1), 1.0, atol=1e-3)
-    assert sorted(p.name for p in out_dir.iterdir()) == sorted(["metadata.json", metadata["embeddings_file"]])
+    assert sorted(p.name for p in out_dir.iterdir()) == sorted(["index.lock", "metadata.json", metadata["embeddings_file"]])
 
 
 def test_float32_on_request(photos, tmp_path):
@@ -189,10 +190,10 @@ def test_kill_between_embeddings_and_metadata_keeps_old_pairing(photos, tmp_path
             raise KeyboardInterrupt("killed")
         real_replace(source, destination)
 
-    monkeypatch.setattr(kclip.index.store.os, "replace", replace_but_die_on_metadata)
+    monkeypatch.setattr(kclip.utils.files.os, "replace", replace_but_die_on_metadata)
     with pytest.raises(KeyboardInterrupt):
         build_index(FakeEncoder(), photos, out_dir, progress=False)
-    monkeypatch.setattr(kclip.index.store.os, "replace", real_replace)
+    monkeypatch.setattr(kclip.utils.files.os, "replace", real_replace)
 
     after = snapshot(out_dir)
     assert after[0] == before[0] and np.array_equal(after[1], before[1]) and after[2] == before[2]

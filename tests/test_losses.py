@@ -44,15 +44,46 @@ def test_clip_loss_counts_captions_of_the_same_image_as_positives():
     )
 
 
-def test_soft_targets_loss_matches_the_seed_formula():
-    temperature = 1.0
-    logits = TEXTS @ IMAGES.T / temperature
-    similarity = (IMAGES @ IMAGES.T + TEXTS @ TEXTS.T) / 2 * temperature
+def seed_soft_targets_loss(images, texts, temperature):
+    """The keras-io dual encoder's loss, written out in numpy from its text:
+    logits = texts @ images.T / T; targets = softmax((images_sim + texts_sim) / (2 * T))."""
+    logits = texts @ images.T / temperature
+    similarity = (images @ images.T + texts @ texts.T) / (2 * temperature)
     targets = np.exp(similarity) / np.exp(similarity).sum(axis=1, keepdims=True)
     texts_loss = np.mean(-(targets * log_softmax(logits)).sum(axis=1))
     images_loss = np.mean(-(targets.T * log_softmax(logits.T)).sum(axis=1))
+    return (texts_loss + images_loss) / 2
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.05, 0.5, 2.0])
+def test_soft_targets_loss_matches_the_seed_formula(temperature):
+    expected = seed_soft_targets_loss(IMAGES, TEXTS, temperature)
     loss = losses.soft_targets_loss(IMAGES.astype("float32"), TEXTS.astype("float32"), temperature)
-    assert float(loss) == pytest.approx((texts_loss + images_loss) / 2, rel=1e-5)
+    assert float(loss) == pytest.approx(expected, rel=1e-5)
+    via_name = losses.contrastive_loss(
+        "soft_targets", {"image_embeddings": IMAGES.astype("float32"), "text_embeddings": TEXTS.astype("float32")},
+        np.arange(3), temperature)
+    assert float(via_name) == pytest.approx(expected, rel=1e-5)
+
+
+def test_soft_targets_temperature_divides_the_targets_similarity():
+    # At T != 1, "/ 2 * T" (the old code) and "/ (2 * T)" give different losses: the test above would catch it.
+    temperature = 0.5
+    logits = TEXTS @ IMAGES.T / temperature
+    wrong_targets = np.exp((IMAGES @ IMAGES.T + TEXTS @ TEXTS.T) / 2 * temperature)
+    wrong_targets /= wrong_targets.sum(axis=1, keepdims=True)
+    wrong = (np.mean(-(wrong_targets * log_softmax(logits)).sum(axis=1))
+             + np.mean(-(wrong_targets.T * log_softmax(logits.T)).sum(axis=1))) / 2
+    assert wrong != pytest.approx(seed_soft_targets_loss(IMAGES, TEXTS, temperature), rel=1e-3)
+
+
+@pytest.mark.parametrize("scale", [1.0, 3.0, 1 / 0.07])
+def test_clip_loss_at_several_logit_scales(scale):
+    # The CLIP loss takes logits already multiplied by the learned scale (1 / temperature).
+    logits = scale * TEXTS @ IMAGES.T
+    expected = (-np.mean(np.diag(log_softmax(logits))) - np.mean(np.diag(log_softmax(logits.T)))) / 2
+    assert float(losses.contrastive_loss("clip", {"logits": logits.astype("float32")}, np.arange(3))) == \
+        pytest.approx(expected, rel=1e-5)
 
 
 def test_in_batch_accuracy_both_ways():

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import recall_reference
 from helpers import tiny_config
 
 RECALL_KEYS = ["val_t2i_r@1", "val_t2i_r@5", "val_t2i_r@10", "val_i2t_r@1", "val_i2t_r@5", "val_i2t_r@10", "val_rsum"]
@@ -35,14 +36,18 @@ def test_logger_none_recall_best_model_and_grid(tmp_path, monkeypatch, capsys):
                          eval_every_n_epochs=2, logger="none")
     config.log_prediction_callback.max_sentences = 4
     config.log_prediction_callback.max_matches = 3
-    _, history, test_metrics = train(config, verbose=0)
+    model, history, test_metrics = train(config, verbose=0)
 
     # Recall every 2 epochs and after the last one; NaN in between, so columns stay aligned.
     for key in RECALL_KEYS:
         values = history.history[key]
         assert len(values) == 3
         assert math.isnan(values[0]) and all(np.isfinite(values[1:]))
-    assert 0.0 <= history.history["val_rsum"][-1] <= 6.0
+    # The last evaluation saw the returned (final) weights: recompute its recall independently.
+    embeddings, _ = _validation_embeddings(model, config)
+    expected = recall_reference.recall(*embeddings)
+    for key in RECALL_KEYS:
+        assert history.history[key][-1] == pytest.approx(expected[key[len("val_"):]], abs=1e-9), key
     assert "learning_rate" in history.history
     with open(tmp_path / "run" / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
@@ -73,6 +78,17 @@ def test_logger_none_recall_best_model_and_grid(tmp_path, monkeypatch, capsys):
     assert (pixels[:, layout.tile_box(0, 2)[2] + PADDING:] == 255).all()
 
 
+def _validation_embeddings(model, config):
+    """The validation split's (image, text, owner) embeddings, embedded by the model directly."""
+    from kclip.data.sources import load_records
+
+    images = load_records(config.data, config.output_dir, seed=config.trainer.seed).for_split("validation")
+    owners = [index for index, image in enumerate(images) for _ in image.captions]
+    captions = [caption for image in images for caption in image.captions]
+    return (model.encode_image([image.image_path for image in images], batch_size=config.data.val_batch_size),
+            model.encode_text(captions), np.asarray(owners)), images
+
+
 def _staged_files(data_dir):
     staged = {}
     for path in glob.glob(str(Path(data_dir) / "artifacts" / "staging" / "*")):
@@ -89,7 +105,7 @@ def test_wandb_offline_run_has_metrics_and_retrieval_table(tmp_path, monkeypatch
                          logger="wandb", lr_schedule="cosine", warmup_epochs=0.5)
     config.log_prediction_callback.max_sentences = 4
     config.log_prediction_callback.max_matches = 3
-    _, history, _ = train(config, verbose=0)
+    model, history, _ = train(config, verbose=0)
 
     output = capsys.readouterr().out
     run_dirs = glob.glob(str(folders["WANDB_DIR"] / "wandb" / "offline-run-*"))
@@ -125,6 +141,25 @@ def test_wandb_offline_run_has_metrics_and_retrieval_table(tmp_path, monkeypatch
                 assert image["sha256"] in staged, f"missing image file {image['path']}"
     data_tables = [table for table in tables if table["columns"][:2] == ["image_index", "image"]]
     assert data_tables and len(data_tables[0]["data"]) > 0
+
+    # The last epoch's rows against an independent top-k of the returned (final) model's embeddings.
+    (image_embeddings, _, owners), images = _validation_embeddings(model, config)
+    index_of = {row[1]["sha256"]: row[0] for row in data_tables[0]["data"]}
+    assert len(index_of) == len(images)  # every thumbnail names one image
+    last = [table for table in predictions if table["data"][0][0] == config.trainer.max_epochs]
+    assert len(last) >= 1
+    for row in last[0]["data"]:
+        values = dict(zip(last[0]["columns"], row))
+        query = model.encode_text([values["caption"]])[0]
+        want_indices, want_scores = recall_reference.top_k(query, image_embeddings, 3)
+        got_indices = [index_of[values[f"match_{k}"]["sha256"]] for k in (1, 2, 3)]
+        assert got_indices == want_indices, values["caption"]
+        assert [values[f"score_{k}"] for k in (1, 2, 3)] == pytest.approx(want_scores, abs=2e-4)
+        true_image = index_of[values["true_image"]["sha256"]]
+        assert values["caption"] in images[true_image].captions
+        all_scores = image_embeddings.astype(np.float64) @ query.astype(np.float64)
+        others = np.delete(all_scores, true_image)
+        assert values["true_rank"] == 1 + int(np.sum(others >= all_scores[true_image]))
     # Run media (the workspace table and the test grid) are in the run folder.
     assert glob.glob(f"{run_dirs[0]}/files/media/table/val_retrieval_*.table.json")
     assert glob.glob(f"{run_dirs[0]}/files/media/images/test/retrieval_grid_*.png")

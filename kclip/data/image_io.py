@@ -216,6 +216,26 @@ def load_image(source: ImageSource, max_side: int | None = None,
             image.close()
 
 
+# The one decoding rule for model inputs, shared by training (tf.data on loose files), evaluation,
+# DualEncoder.encode_image and indexing: decode with the longer side capped at this many times the
+# model's input side, then let the model's own resizing layer make the square. 4x lets Pillow's
+# JPEG draft mode skip most of a big photo's pixels yet leaves room for a clean downscale and for
+# the training crop; a smaller cap in one path would give that path different pixels.
+DECODE_SIDE_FACTOR = 4
+
+
+def decode_side(image_size) -> int | None:
+    """The longest side images are decoded at for a model taking `image_size` pixels square."""
+    if isinstance(image_size, bool) or not isinstance(image_size, (int, np.integer)) or image_size < 1:
+        return None  # a model of unknown input size: decode at full size
+    return DECODE_SIDE_FACTOR * int(image_size)
+
+
+def load_model_image(source: ImageSource, image_size) -> np.ndarray:
+    """`source` decoded by the shared rule for a model of `image_size`: resize it with the model's layer next."""
+    return load_image(source, max_side=decode_side(image_size))
+
+
 def verify_image_file(path: str | os.PathLike, max_pixels: int = MAX_IMAGE_PIXELS) -> tuple[int, int]:
     """Check cheaply that `path` decodes; return its (width, height) or raise ImageLoadError.
 

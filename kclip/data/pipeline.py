@@ -7,13 +7,15 @@ in TensorFlow's threads, off the training thread.
 
 Two sources give the same batches:
 
-- `training_dataset` reads loose files. Images are decoded with
-  `kclip.data.image_io.load_image` (Pillow), the same function search and indexing use,
-  so that training and inference see identical pixels (EXIF orientation, CMYK,
-  16-bit and palette files included).
+- `training_dataset` reads loose files. Images are decoded by the shared rule
+  `kclip.data.image_io.load_model_image` (Pillow), which evaluation, `encode_image`
+  and indexing use too, so that training and inference see identical pixels (EXIF
+  orientation, CMYK, 16-bit and palette files included; tests/test_decoding_rule.py).
 - `prepared_dataset` reads the shards `kclip.data.tfds_builders.prepare_tfds`
-  wrote. Those hold clean RGB JPEGs already normalized by `load_image`, so they are
-  decoded with `tf.io.decode_jpeg`, in TensorFlow's threads, without the GIL.
+  wrote. Those hold clean RGB JPEGs already normalized by `load_image` (longer side at
+  most `data.prepared_max_side`), so they are decoded with `tf.io.decode_jpeg`, in
+  TensorFlow's threads, without the GIL. That JPEG re-encoding makes their pixels
+  close to, not identical with, the loose files' ones.
 
 Both resize with the model's own image converter and share the caption choice,
 shuffling, caching and batching below (`_batches`).
@@ -22,7 +24,7 @@ shuffling, caching and batching below (`_batches`).
 import numpy as np
 import tensorflow as tf
 
-from kclip.data.image_io import load_image
+from kclip.data.image_io import load_model_image
 
 # kclip trains on torch; TensorFlow only feeds it, and must not map the GPU's memory.
 try:
@@ -36,12 +38,9 @@ DEFAULT_SHUFFLE_BUFFER = 4096
 
 
 def _decoder(image_size):
-    # Decoding at up to 4x the target side lets Pillow's JPEG draft mode skip most
-    # of a big photo's pixels while leaving enough for a clean downscale.
-    max_side = 4 * image_size
-
+    # The shared rule (kclip.data.image_io.load_model_image): encode_image sees the same pixels.
     def decode(path):
-        return load_image(path.decode("utf-8"), max_side=max_side)
+        return load_model_image(path.decode("utf-8"), image_size)
 
     return decode
 

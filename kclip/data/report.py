@@ -8,10 +8,11 @@ the report is written to a file a person can read, and too many skips stop the r
 
 from __future__ import annotations
 
-import json
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from kclip.utils.files import write_json, write_text
 
 # Reasons, used as the categories that counts are kept by.
 MALFORMED_LINE = "malformed caption line"
@@ -115,11 +116,8 @@ class SkipReport:
     def write(self, path: str | Path) -> Path:
         """Write the readable report to `path` and the same data as JSON next to it (`.json`)."""
         path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(self.to_text(), encoding="utf-8")
-        path.with_suffix(".json").write_text(
-            json.dumps(self.to_json(), indent=1, ensure_ascii=False), encoding="utf-8"
-        )
+        write_text(path, self.to_text())
+        write_json(path.with_suffix(".json"), self.to_json(), indent=1)
         return path
 
     def raise_if_too_many(self, max_bad_fraction: float, report_path: str | Path | None) -> None:

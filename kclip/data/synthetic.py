@@ -32,6 +32,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from kclip.utils.files import commit_directory, temporary_directory
+
 COLOURS = {
     "red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 90, 230), "yellow": (240, 215, 30),
     "purple": (150, 60, 190), "orange": (250, 140, 20), "white": (245, 245, 245), "black": (25, 25, 25),
@@ -294,8 +296,9 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, num_images: int = 3000, 
     """Write the data set in the Kaggle Flickr8k layout (Images/*.jpg + captions.txt); return out_dir.
 
     Cheap when `out_dir` already holds a complete set made with the same parameters (a marker file
-    records them). The set is built in a temporary sibling folder and renamed into place, so an
-    interrupted write leaves no half-finished folder that would be mistaken for a complete one.
+    records them). The set is built in a temporary sibling folder, fsync'ed and renamed into place
+    (kclip.utils.files.commit_directory), so an interrupted write leaves no half-finished folder that
+    would be mistaken for a complete one.
     """
     if image_size < 16:
         raise ValueError(f"image_size must be at least 16 pixels to draw shapes, got {image_size}.")
@@ -308,9 +311,19 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, num_images: int = 3000, 
         raise ValueError(f"{out_dir} exists and is not a kclip synthetic data set; choose an empty or new "
                          "folder so that nothing of yours is overwritten.")
     examples = generate_examples(num_images, seed, captions_per_image)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    building = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}")
-    shutil.rmtree(building, ignore_errors=True)
+    building = temporary_directory(out_dir)
+    try:
+        _write_files(building, examples, image_size, parameters)
+        if _is_complete(out_dir, parameters):  # another process finished the same set meanwhile
+            return out_dir
+        commit_directory(building, out_dir)  # an earlier set of ours with other parameters is replaced
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    return out_dir
+
+
+def _write_files(building: Path, examples: list, image_size: int, parameters: dict) -> None:
+    # Plain writes: the folder is private until commit_directory fsyncs it and renames it into place.
     (building / "Images").mkdir(parents=True)
     for example in examples:
         buffer = io.BytesIO()
@@ -325,15 +338,6 @@ def write_synthetic_dataset(out_dir: str | os.PathLike, num_images: int = 3000, 
             handle.write(json.dumps({"image": example.name, "scene": asdict(example.scene),
                                      "claims": [asdict(claim) for claim in example.claims]}) + "\n")
     (building / MARKER_FILE).write_text(json.dumps(parameters, sort_keys=True), encoding="utf-8")
-    if _is_complete(out_dir, parameters):  # another process finished the same set meanwhile
-        shutil.rmtree(building)
-        return out_dir
-    if out_dir.exists():  # our own earlier set with other parameters: replace it
-        old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-        out_dir.rename(old)
-        shutil.rmtree(old)
-    building.rename(out_dir)
-    return out_dir
 
 
 def _is_complete(out_dir: Path, parameters: dict) -> bool:

@@ -45,6 +45,7 @@ from etils import epath
 
 from kclip.data.splits import SPLITS
 from kclip.data.image_io import ImageLoadError, encode_jpeg, load_image
+from kclip.utils.files import write_json, write_text
 
 # Bump when the content of the prepared examples changes, so old shards are not reused.
 PREPARED_FORMAT = 1
@@ -250,10 +251,9 @@ def prepare_tfds(records, family=None, data_dir=None, max_side=DEFAULT_MAX_SIDE,
         source = {"source": os.fspath(Path(records.data_dir).resolve()), "layout": records.layout,
                   "fingerprint": fingerprint, "split_source": records.split_source, **parameters,
                   "skipped": skipped}
-        (path / SOURCE_FILE_NAME).write_text(json.dumps(source, indent=1, ensure_ascii=False), encoding="utf-8")
+        write_json(path / SOURCE_FILE_NAME, source, indent=1)
         if skipped:
-            (path / SKIPPED_FILE_NAME).write_text(
-                "".join(f"{image_id}: {reason}\n" for image_id, reason in skipped), encoding="utf-8")
+            write_text(path / SKIPPED_FILE_NAME, "".join(f"{image_id}: {reason}\n" for image_id, reason in skipped))
         _remove_stale_versions(path, source["source"])
         builder = load_prepared_builder(path)  # re-read: the writer's builder keeps the records alive
     elif (path / SOURCE_FILE_NAME).is_file():

@@ -20,6 +20,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from kclip.data.image_io import ImageLoadError, load_image
+from kclip.utils.files import write_file_atomic
 
 PADDING = 8
 LABEL_HEIGHT = 16
@@ -169,7 +170,4 @@ def render_grid(rows, out_path, tile_size: int = 128, caption_width: int | None 
             draw.text((box[0], box[3] + OUTLINE + 1), f"{score:.3f}",
                       fill=TRUE_COLOUR if is_true else TEXT_COLOUR, font=font)
 
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(out_path)
-    return out_path
+    return write_file_atomic(Path(out_path), canvas.save)

@@ -8,14 +8,14 @@ so the returned scores are true cosines and the order among the candidates is ex
 
 Why no inverted lists (IVF) or graph (HNSW): CLIP-style embeddings cluster, but the hard case -- and
 the benchmark's case -- is vectors with no structure, where an IVF index must probe most of its
-lists to reach recall@10 >= 0.95 (measured at 1M x 256 random unit vectors: a quarter of the lists
-gives 0.60), and an HNSW graph takes many minutes to build on a 2-core machine. A full fast-scan of
-compact codes costs about 5 ms per query at 1M x 256 on this machine, with recall@10 of about 0.99
-and a build of about 13 s. See benchmarks/RESULTS-search.md.
+lists to keep recall, and a graph is slow to build on few cores. A full fast-scan of compact codes
+took 5.2 ms per query (p50) at 1M x 256 random unit vectors on a 2-core AMD EPYC, with recall@10 of
+0.991 and a 3.4 s build (the `ann_search` / `ann_build` lines of
+benchmarks/results/search-2026-11-27.jsonl; benchmarks/RESULTS-search.md).
 
 On disk the ANN index lives beside the embeddings, as two files named after the embeddings'
 checksum:
-    ann-<sha16>.faiss   the faiss index (codes and codebooks), written atomically
+    ann-<sha16>.faiss   the faiss index (codes and codebooks), written atomically (kclip.utils.files), under the index lock
     ann-<sha16>.json    what it was built from: embeddings_file, embeddings_sha256, count, dim,
                         parameters; written last, so an .faiss file without it is never used
 An ANN file whose record does not match the current metadata.json exactly is stale and is ignored
@@ -110,14 +110,14 @@ class AnnSearcher:
 
     def save(self, directory: Path, metadata: dict) -> None:
         """Write ann-<sha16>.faiss then its .json record, each atomically (see the module docstring)."""
-        from kclip.index.store import _atomic_write, _write_json
+        from kclip.utils.files import write_bytes, write_json
 
         if self.faiss_index is None:
             return  # too small to need a file; rebuilding is instant
         stem = ann_file_stem(metadata)
         data = _faiss().serialize_index(self.faiss_index)
-        _atomic_write(directory / f"{stem}.faiss", lambda handle: handle.write(np.asarray(data).tobytes()))
-        _write_json(directory / f"{stem}.json", {**ann_record(metadata), "rerank": self.rerank})
+        write_bytes(directory / f"{stem}.faiss", np.asarray(data).tobytes())
+        write_json(directory / f"{stem}.json", {**ann_record(metadata), "rerank": self.rerank}, indent=1)
 
     @classmethod
     def load(cls, directory: Path, metadata: dict, embeddings: np.ndarray,

@@ -23,10 +23,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from kclip.index.ann import AnnSearcher
-from kclip.data.image_io import ImageLoadError, iter_image_files, load_image
+from kclip.data.image_io import ImageLoadError, decode_side, iter_image_files, load_image
 from kclip.index.store import (
-    CHECKPOINT_DIR, FORMAT_NAME, METADATA_FILE, FileRecord, commit, file_records, load_embeddings,
-    read_checkpoints, read_metadata, write_checkpoint,
+    CHECKPOINT_DIR, DEFAULT_LOCK_TIMEOUT, FORMAT_NAME, METADATA_FILE, FileRecord, IndexLockTimeout, commit,
+    file_records, index_lock, load_embeddings, load_index_files, read_checkpoints, read_metadata,
+    write_checkpoint,
 )
 from kclip.evaluation.metrics import top_k as exact_top_k
 
@@ -143,8 +144,13 @@ class Index:
                 searcher = AnnSearcher.build(self.embeddings)
                 built_seconds = time.perf_counter() - start
                 try:
-                    searcher.save(self.directory, self.metadata)
-                except OSError as error:
+                    # Briefly: a build holding the lock will commit new embeddings and drop these anyway.
+                    with index_lock(self.directory, timeout=5):
+                        if read_metadata(self.directory) == self.metadata:
+                            searcher.save(self.directory, self.metadata)
+                except IndexLockTimeout:
+                    logger.info("%s is being rebuilt; the ANN index is not saved", self.directory)
+                except (OSError, ValueError) as error:
                     logger.warning("could not save the ANN index in %s (%s); it is rebuilt on every load",
                                    self.directory, error)
         else:
@@ -155,8 +161,7 @@ class Index:
     @classmethod
     def load(cls, directory, backend: str = "auto", verify_checksum: bool = False) -> "Index":
         directory = Path(directory).expanduser()
-        metadata = read_metadata(directory)
-        embeddings = load_embeddings(directory, metadata, verify_checksum)
+        metadata, embeddings = load_index_files(directory, verify_checksum)
         image_dir = Path(metadata["image_dir"])
         paths = [image_dir / record["path"] for record in metadata["files"]]
         return cls(paths, embeddings, metadata["model_fingerprint"], image_dir=image_dir, metadata=metadata,
@@ -185,9 +190,8 @@ class Index:
 
 
 def _decode_side(model) -> int | None:
-    """Decode photos at twice the model's input size: big enough to crop, far cheaper than full size."""
-    image_size = getattr(model, "image_size", None)
-    return 2 * int(image_size) if isinstance(image_size, (int, np.integer)) and image_size > 0 else None
+    """The shared decoding rule (kclip.data.image_io.decode_side): the pixels encode_image would decode."""
+    return decode_side(getattr(model, "image_size", None))
 
 
 def _load_or_reason(path: Path, max_side: int | None):
@@ -263,7 +267,8 @@ def _previous_index(out_dir: Path, fingerprint: str, image_dir: Path) -> dict | 
 
 
 def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "float16", progress: bool = True,
-                rebuild: bool = False, checkpoint_every: int = 1024, backend: str = "auto") -> Index:
+                rebuild: bool = False, checkpoint_every: int = 1024, backend: str = "auto",
+                lock_timeout: float | None = DEFAULT_LOCK_TIMEOUT) -> Index:
     """Embed every image under image_dir (recursively) into an index in out_dir; return it.
 
     Incremental: when out_dir already holds an index built by the same model (fingerprint) from the
@@ -275,6 +280,9 @@ def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "f
     intact and loadable until the new one is complete.
     backend: "auto" (ANN from ANN_THRESHOLD images on), "exact" or "ann". With ANN, the ANN index is
     built (or an up-to-date one reused) and saved beside the embeddings before returning.
+    A build holds out_dir/index.lock from start to commit: a second build of the same folder waits
+    for it (up to `lock_timeout` seconds, None = for ever, then IndexLockTimeout naming the lock
+    file) and then embeds only what the first one did not. Readers (Index.load) never wait.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}.")
@@ -285,6 +293,18 @@ def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "f
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     image_dir = Path(image_dir).expanduser().resolve()
     out_dir = Path(out_dir).expanduser().resolve()
+    with index_lock(out_dir, lock_timeout):
+        index = _build_locked(model, image_dir, out_dir, batch_size, dtype, progress, rebuild, checkpoint_every,
+                              backend)
+    report = index.report
+    report.backend = index.resolved_backend
+    if report.backend == "ann":  # after the lock: saving the ANN file takes it again
+        report.ann_seconds = index.prepare()
+    return index
+
+
+def _build_locked(model, image_dir: Path, out_dir: Path, batch_size, dtype, progress, rebuild, checkpoint_every,
+                  backend) -> Index:
     fingerprint = str(model.fingerprint())
     checkpoint_dir = out_dir / CHECKPOINT_DIR
     if rebuild:
@@ -346,8 +366,5 @@ def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "f
     else:
         shutil.rmtree(checkpoint_dir, ignore_errors=True)
     index = Index.load(out_dir, backend=backend)
-    report.backend = index.resolved_backend
-    if report.backend == "ann":
-        report.ann_seconds = index.prepare()
     index.report = report
     return index

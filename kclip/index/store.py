@@ -13,25 +13,35 @@ dtype, normalized, embeddings_file, embeddings_sha256 (of the array's raw bytes)
 files ([{path (relative to image_dir, "/"-separated), size, mtime_ns}]), num_skipped,
 skipped ([{path, reason}]), updated_at.
 
-A commit writes a fresh embeddings-<token>.npy first and then replaces metadata.json, each through a
-temporary file and os.replace. metadata.json alone says which embeddings file is current, so a build
-killed at any point leaves the previous metadata paired with its own, untouched, embeddings; files
-left over by a killed build are removed by the next successful one. Concurrent builds into one
-folder are not supported.
+    index.lock                  taken by whoever writes the folder (see index_lock)
+
+A commit writes a fresh embeddings-<token>.npy first and then replaces metadata.json, each through
+kclip.utils.files (temporary file, fsync, os.replace, fsync of the folder). metadata.json alone says
+which embeddings file is current, so a build killed at any point leaves the previous metadata paired
+with its own, untouched, embeddings.
+
+Concurrency: every writer (a build, an ANN save) holds index.lock, so a second build of the same
+folder waits for the first and then reuses its embeddings. Files no committed metadata refers to are
+deleted only under that lock, right after a commit. Readers take no lock: they read metadata.json,
+then its embeddings file; if a commit removed that file in between, they read metadata.json again
+(load_index_files).
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import logging
-import os
 import shutil
 import uuid
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from filelock import FileLock, Timeout
+
+from kclip.utils.files import is_temporary, write_json, write_numpy
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +49,9 @@ FORMAT_NAME = "kclip-image-index"
 FORMAT_VERSION = 1
 METADATA_FILE = "metadata.json"
 CHECKPOINT_DIR = "partial"
-
+LOCK_FILE = "index.lock"
+# A second build of the same folder waits this long for the first one before giving up.
+DEFAULT_LOCK_TIMEOUT = 600.0
 
 
 def _read_json(path: Path) -> dict:
@@ -84,39 +96,63 @@ def load_embeddings(directory: Path, metadata: dict, verify_checksum: bool = Fal
     return embeddings
 
 
-def _fsync_directory(directory: Path) -> None:
-    try:
-        descriptor = os.open(directory, os.O_RDONLY)
-    except OSError:  # not possible on every platform (Windows); the rename itself is still atomic
-        return
-    try:
-        os.fsync(descriptor)
-    except OSError:
-        pass
-    finally:
-        os.close(descriptor)
+def load_index_files(directory: Path, verify_checksum: bool = False, attempts: int = 10) -> tuple:
+    """(metadata, embeddings) of one committed state, read without the lock.
 
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same folder, then rename over `path` in one step."""
-    temporary = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    _fsync_directory(path.parent)
+    A commit may land between reading metadata.json and loading the embeddings file it names, and
+    the committing build then deletes that file; metadata.json is then read again, up to `attempts`
+    times (each retry means another commit finished, so this only fails under a storm of commits).
+    """
+    attempt = 1
+    while True:
+        metadata = read_metadata(directory)
+        try:
+            return metadata, load_embeddings(directory, metadata, verify_checksum)
+        except FileNotFoundError:
+            if attempt >= attempts or read_metadata(directory) == metadata:
+                raise
+            logger.debug("%s changed while it was read; reading it again", directory)
+            attempt += 1
 
 
 def _write_array(path: Path, array: np.ndarray) -> None:
-    _atomic_write(path, lambda handle: np.save(handle, array, allow_pickle=False))
+    write_numpy(path, array)
 
 
 def _write_json(path: Path, data: dict) -> None:
-    _atomic_write(path, lambda handle: handle.write(json.dumps(data, indent=1).encode("utf-8")))
+    write_json(path, data, indent=1, ensure_ascii=True)
+
+
+# -- the lock ------------------------------------------------------------------------------------
+
+
+class IndexLockTimeout(TimeoutError):
+    """Another process or thread held an index folder's lock for longer than the caller would wait."""
+
+
+@contextmanager
+def index_lock(directory: Path, timeout: float | None = DEFAULT_LOCK_TIMEOUT):
+    """Hold `directory`/index.lock: one writer at a time (builds, ANN saves, stale-file removal).
+
+    An operating-system lock (filelock: flock on POSIX), so a writer that dies releases it at once
+    and no stale lock can block the folder. timeout=None waits for ever; otherwise
+    IndexLockTimeout names the lock file after `timeout` seconds. Readers never take it.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_FILE
+    lock = FileLock(path, timeout=-1 if timeout is None else timeout)
+    try:
+        lock.acquire()
+    except Timeout as error:
+        raise IndexLockTimeout(
+            f"another kclip build is writing the index in {directory}: its lock file {path} stayed taken for "
+            f"{timeout:g} s. Wait for that build to finish (or stop it), or pass a longer lock_timeout. The lock "
+            "is an operating-system lock, freed as soon as its process ends, so never delete the file by hand."
+        ) from error
+    try:
+        yield path
+    finally:
+        lock.release()
 
 
 class FileRecord(NamedTuple):
@@ -162,20 +198,37 @@ def read_checkpoints(checkpoint_dir: Path, header: dict) -> dict:
     return found
 
 
-def _remove_stale_files(out_dir: Path, current_embeddings: str, current_sha256: str) -> None:
-    """Drop embeddings and ANN files no metadata points at any more, temporaries and checkpoints."""
-    for path in out_dir.glob("embeddings-*.npy"):
-        if path.name != current_embeddings:
+def remove_stale_files(out_dir: Path) -> list:
+    """Delete what the committed metadata.json does not refer to; call it holding index_lock.
+
+    Kept: metadata.json, the embeddings file it names, the ANN files of those embeddings, the lock.
+    Removed: other embeddings-*.npy and ann-* files, partial writes and the build checkpoints.
+    Returns the removed names. Without committed metadata nothing is removed.
+    """
+    try:
+        metadata = read_metadata(out_dir)
+    except (FileNotFoundError, ValueError):
+        return []
+    keep_embeddings, keep_ann = metadata["embeddings_file"], f"ann-{metadata['embeddings_sha256'][:16]}"
+    removed = []
+    for path in out_dir.iterdir():
+        name = path.name
+        stale = (
+            (name.startswith("embeddings-") and name.endswith(".npy") and name != keep_embeddings)
+            or (name.startswith("ann-") and path.suffix in (".faiss", ".json") and path.stem != keep_ann)
+            or (is_temporary(name) and path.is_file())
+        )
+        if stale:
             path.unlink(missing_ok=True)
-    for path in list(out_dir.glob("ann-*.faiss")) + list(out_dir.glob("ann-*.json")):
-        if path.stem != f"ann-{current_sha256[:16]}":
-            path.unlink(missing_ok=True)
-    for path in out_dir.glob(".*.tmp"):
-        path.unlink(missing_ok=True)
-    shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+            removed.append(name)
+    if (out_dir / CHECKPOINT_DIR).exists():
+        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+        removed.append(CHECKPOINT_DIR)
+    return removed
 
 
 def commit(out_dir: Path, header: dict, embeddings: np.ndarray, records: list, skipped: list) -> None:
+    """Write a new embeddings file, then point metadata.json at it; call it holding index_lock."""
     out_dir.mkdir(parents=True, exist_ok=True)
     embeddings_file = f"embeddings-{uuid.uuid4().hex[:12]}.npy"
     _write_array(out_dir / embeddings_file, embeddings)
@@ -193,4 +246,4 @@ def commit(out_dir: Path, header: dict, embeddings: np.ndarray, records: list, s
         "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
     }
     _write_json(out_dir / METADATA_FILE, metadata)
-    _remove_stale_files(out_dir, embeddings_file, metadata["embeddings_sha256"])
+    remove_stale_files(out_dir)

@@ -39,6 +39,8 @@ def clip_loss(logits_per_text, image_ids):
 def soft_targets_loss(image_embeddings, text_embeddings, temperature=1.0):
     """The seed's loss: targets are the softmax of the mean in-modality similarity.
 
+    As in the keras-io dual encoder, the logits and the targets' similarities are both divided
+    by the temperature: targets = softmax((image_sim + text_sim) / (2 * temperature)).
     Computed on normalized embeddings; on raw ones it collapses (see STACK.md).
     """
     image_embeddings = ops.cast(image_embeddings, "float32")
@@ -46,7 +48,7 @@ def soft_targets_loss(image_embeddings, text_embeddings, temperature=1.0):
     logits = ops.matmul(text_embeddings, ops.transpose(image_embeddings)) / temperature
     image_similarity = ops.matmul(image_embeddings, ops.transpose(image_embeddings))
     text_similarity = ops.matmul(text_embeddings, ops.transpose(text_embeddings))
-    targets = ops.softmax((image_similarity + text_similarity) / 2.0 * temperature, axis=-1)
+    targets = ops.softmax((image_similarity + text_similarity) / (2.0 * temperature), axis=-1)
     text_loss = soft_cross_entropy(logits, targets)
     image_loss = soft_cross_entropy(ops.transpose(logits), ops.transpose(targets))
     return (text_loss + image_loss) / 2.0

@@ -9,7 +9,7 @@ from keras import ops
 
 from kclip.models import losses
 from kclip.models.backbone import DualEncoderBackbone
-from kclip.data.image_io import load_image
+from kclip.data.image_io import load_model_image
 from kclip.models.optimizers import MultiRateAdamW
 from kclip.models.preprocessor import DualEncoderPreprocessor
 
@@ -205,7 +205,7 @@ class DualEncoder(keras_hub.models.Task):
         batches = []
         for start in range(0, len(images), batch_size):
             chunk = [
-                self.resize_image(load_image(image, max_side=4 * self.image_size))
+                self.resize_image(load_model_image(image, self.image_size))
                 for image in images[start : start + batch_size]
             ]
             converted = self.preprocessor({"images": np.stack(chunk)})["images"]

@@ -8,13 +8,13 @@ skip NaN epochs, so patience is counted in evaluations.
 
 import json
 import math
-import os
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from kclip.evaluation.evaluate import embed_split, metrics_from_embeddings
+from kclip.utils.files import write_json
 
 RECALL_KEYS = ("t2i_r@1", "t2i_r@5", "t2i_r@10", "i2t_r@1", "i2t_r@5", "i2t_r@10", "rsum")
 
@@ -101,9 +101,7 @@ class BestModelExport(keras.callbacks.Callback):
 
         export_model(self.model, self.path)
         self.best = value
-        temporary = self.record_path.with_name(f".{self.record_path.name}.partial-{os.getpid()}")
-        temporary.write_text(json.dumps({self.monitor: value, "epoch": epoch + 1}, indent=2))
-        os.replace(temporary, self.record_path)
+        write_json(self.record_path, {self.monitor: value, "epoch": epoch + 1})
 
 
 class EvaluationEarlyStopping(keras.callbacks.EarlyStopping):

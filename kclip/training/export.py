@@ -1,15 +1,16 @@
 """Writing a trained model to a `.keras` file for search and evaluation."""
 
-import os
 from pathlib import Path
+
+from kclip.utils.files import write_file_atomic
 
 
 def export_model(model, path):
     """Saves a `.keras` file without optimizer state, atomically.
 
     `include_optimizer=False` is ignored for `.keras`, so the model is rebuilt from
-    its config and weights first. The file is written under a temporary name and
-    renamed, so a crash never leaves a truncated model behind.
+    its config and weights first. The file is written through kclip.utils.files
+    (temporary name, fsync, rename), so a crash never leaves a truncated model behind.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,11 +24,4 @@ def export_model(model, path):
         temperature=model.temperature,
         compile=False,
     )
-    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}.keras")
-    try:
-        clone.save(temporary)
-        os.replace(temporary, path)
-    finally:
-        if temporary.exists():
-            temporary.unlink()
-    return path
+    return write_file_atomic(path, clone.save)

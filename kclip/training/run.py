@@ -1,6 +1,5 @@
 """One training run, from a `Config` to `OUTPUT_DIR/model.keras` and test recall."""
 
-import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -14,6 +13,7 @@ from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_tabl
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary
 from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
+from kclip.utils.files import write_json
 from kclip.utils.precision import resolve_precision
 
 GRID_MAX_ROWS = 12
@@ -52,7 +52,7 @@ def train(config, callbacks=(), verbose="auto"):
     keras.config.set_dtype_policy(policy)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
+    write_json(output_dir / "config.json", asdict(config))
 
     records = load_records(config.data, output_dir, seed=config.trainer.seed)
     print(records.summary())
@@ -108,7 +108,7 @@ def _final_evaluation(config, model, records, output_dir):
     if test_images:
         test_metrics, embeddings = evaluate(model, test_images, batch_size=config.data.val_batch_size,
                                             return_embeddings=True)
-        (output_dir / "test_metrics.json").write_text(json.dumps(test_metrics, indent=2))
+        write_json(output_dir / "test_metrics.json", test_metrics)
         print(f"Test split ({len(test_images)} images):")
         print(format_metrics_table(test_metrics))
     else:

@@ -3,7 +3,7 @@
 Keras stores a 2-D conv kernel as (height, width, in, out); torch's convolution
 wants (out, in, height, width). Keras' torch backend passes a permuted view, and
 torch then copies it element by element into its own layout, forward and
-backward, at every step (about 3 ms for one 3x3x512x512 kernel on a 2-core CPU).
+backward, at every step.
 Here the same kernel is produced by one 2-D transpose, (height*width*in, out) ->
 (out, height*width*in), which is a fast copy, viewed as (out, in, height, width)
 in channels-last memory order: the order torch uses for kclip's image tower, whose
@@ -11,20 +11,29 @@ activations are channels-last in memory (see benchmarks/RESULTS-training.md).
 Values, shapes and gradients are the same tensors; only memory order changes.
 
 `kclip.train` turns it on around `fit` (`trainer.fast_conv_kernels`, default true).
+It replaces the private `keras.src.backend.torch.nn._transpose_conv_kernel`, so it is used only
+with the Keras and torch releases it was tested on (TESTED_KERAS, TESTED_TORCH); with any other,
+Keras' own conv path runs and a warning says so once.
 """
 
 import contextlib
 import functools
-import warnings
 
 import keras
+
+from kclip.utils.versions import patch_supported, warn_once
+
+# [minimum, below): the releases this patch was read against and tested with.
+TESTED_KERAS = ("3.15", "3.16")
+TESTED_TORCH = ("2.13", "2.14")
+PATCH_NAME = "fast conv kernels (kclip.backends.torch.conv_layout)"
 
 
 def _transpose_conv_kernel(kernel, keras_transpose):
     import torch
 
-    # Under mixed precision the kernel arrives as a fresh half-precision copy, and a
-    # second copy here cost more than it saved (full bf16: 3% slower, about 200 MB more).
+    # Under mixed precision the kernel arrives as a fresh half-precision copy, and a second
+    # copy here cost more than it saved (benchmarks/RESULTS-training.md, "full bf16" rows).
     if kernel.ndim != 4 or kernel.dtype != torch.float32:
         return keras_transpose(kernel)
     height, width, in_channels, out_channels = kernel.shape
@@ -35,15 +44,17 @@ def _transpose_conv_kernel(kernel, keras_transpose):
 @contextlib.contextmanager
 def enabled(active=True):
     """Convolutions inside the block take their kernels in torch's layout (torch backend only)."""
-    if not active or keras.config.backend() != "torch":
+    if not active or keras.config.backend() != "torch" or not (
+        patch_supported(PATCH_NAME, "keras", *TESTED_KERAS) and patch_supported(PATCH_NAME, "torch", *TESTED_TORCH)
+    ):
         yield
         return
     from keras.src.backend.torch import nn
 
     keras_transpose = getattr(nn, "_transpose_conv_kernel", None)
     if keras_transpose is None:
-        # A Keras that renamed this private helper keeps its own conv path.
-        warnings.warn("This Keras has no torch `_transpose_conv_kernel`; set trainer.fast_conv_kernels=false.")
+        warn_once((PATCH_NAME, "missing"), f"kclip: this Keras has no torch `_transpose_conv_kernel`, so the "
+                  f"{PATCH_NAME} patch is off and Keras' own conv path runs.")
         yield
         return
     nn._transpose_conv_kernel = functools.partial(_transpose_conv_kernel, keras_transpose=keras_transpose)

@@ -4,31 +4,49 @@ Keras 3 runs a functional model node by node and keeps every node's output in on
 dictionary until the whole graph has run. In eager execution (the torch backend)
 that holds every intermediate activation of ResNet50 at once, including the many
 that autograd does not need for the backward pass (batch-norm outputs before
-their ReLU, residual sums, padded copies). At full size that was about 1 GB of the
-training step's peak (benchmarks/RESULTS-training.md). tf.keras 2 counted tensor
+their ReLU, residual sums, padded copies). At full size (ResNet50 + DistilBERT, batch 32,
+bf16) the training process peaked at 4,583 and 4,595 MB with it and at 5,342 and 5,339 MB without
+(benchmarks/results/release-intermediates-2026-11-27.jsonl, `release_intermediates` on/off). tf.keras 2 counted tensor
 uses and dropped each one after its last consumer; `enabled()` does the same for
 Keras 3's `Function._run_through_graph`. The computation, and so every output and
 gradient, is unchanged: only when Python lets go of the tensors changes.
 
 `kclip.train` turns it on around `fit` (`trainer.release_intermediates`, default
 true), with `kclip.backends.torch.fused_batch_norm`.
+
+The replacement mirrors the private method of the Keras releases in TESTED_KERAS; with
+any other Keras (or one whose method has another signature) `enabled()` keeps Keras'
+own method and warns once.
 """
 
 import collections
 import contextlib
 import inspect
-import warnings
 
 from keras.src import tree
 from keras.src.ops.function import Function
 
+from kclip.utils.versions import patch_supported, warn_once
+
+# [minimum, below): the Keras releases this patch was read against and tested with.
+TESTED_KERAS = ("3.15", "3.16")
+PATCH_NAME = "release-intermediates (kclip.backends.torch.graph_memory)"
+
 _original_run_through_graph = Function._run_through_graph
-# The replacement mirrors Keras 3.15's private method; a Keras that changed it keeps its own.
-_SUPPORTED = (
-    list(inspect.signature(_original_run_through_graph).parameters)
-    == ["self", "inputs", "operation_fn", "call_fn"]
-    and hasattr(Function, "_get_operation_for_node")
-)
+
+
+def supported():
+    if not patch_supported(PATCH_NAME, "keras", *TESTED_KERAS):
+        return False
+    same_shape = (
+        list(inspect.signature(_original_run_through_graph).parameters)
+        == ["self", "inputs", "operation_fn", "call_fn"]
+        and hasattr(Function, "_get_operation_for_node")
+    )
+    if not same_shape:
+        warn_once((PATCH_NAME, "signature"), f"kclip: this Keras changed Function._run_through_graph, so the "
+                  f"{PATCH_NAME} patch is off and Keras' own method runs (more memory while training).")
+    return same_shape
 
 
 def _tensor_uses(function):
@@ -83,12 +101,7 @@ def _run_through_graph(self, inputs, operation_fn=lambda op: op, call_fn=None):
 def enabled(active=True):
     """Functional models release intermediates after their last use inside the block."""
     previous = Function._run_through_graph
-    if active and not _SUPPORTED:
-        warnings.warn(
-            "This Keras changed Function._run_through_graph, so kclip keeps Keras' own (more "
-            "memory while training). Set trainer.release_intermediates=false to silence this."
-        )
-    elif active:
+    if active and supported():
         Function._run_through_graph = _run_through_graph
     try:
         yield
