@@ -47,10 +47,10 @@ def test_half_precision_model_encodes_in_float32_where_half_is_not_native(tmp_pa
         full, half = getattr(loaded, encode)(inputs), getattr(saved, encode)(inputs)
         assert full.dtype == half.dtype == np.float32
         np.testing.assert_allclose(np.linalg.norm(full, axis=1), 1.0, atol=1e-5)
-        # Unit vectors: each half-precision component is within a few units of its last
-        # place of the float32 one, accumulated over a few layers.
+        # Unit vectors: each half-precision component is within a few units in the last place
+        # of the half type (eps) of the float32 one; measured: 0.7 eps (fp16), 0.55 eps (bf16).
         difference = np.abs(full - half).max()
-        assert difference < 50 * half_eps, difference
+        assert difference < 8 * half_eps, difference
         # And they are not the same computation: float32 differs from half in the last bits.
         assert difference > 0
 
