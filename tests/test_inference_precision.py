@@ -71,4 +71,7 @@ def test_float32_model_and_forced_precision(tmp_path, fake_hardware):
     forced = kclip.load_model(path, precision="mixed_bfloat16")
     assert forced.compute_policy == "mixed_bfloat16"
     original = kclip.load_model(path)
-    np.testing.assert_allclose(forced.encode_text(CAPTIONS), original.encode_text(CAPTIONS), atol=0.05)
+    assert forced.fingerprint() == original.fingerprint()
+    np.testing.assert_allclose(forced.encode_text(CAPTIONS), original.encode_text(CAPTIONS), atol=8 * 2.0**-7)
+    with pytest.raises(ValueError, match="Unknown precision 'fp8'"):
+        kclip.load_model(path, precision="fp8")

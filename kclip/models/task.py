@@ -236,11 +236,14 @@ class DualEncoder(keras_hub.models.Task):
         return self.backbone.dtype_policy.name
 
     def with_precision(self, policy):
-        """This model with its layers computing under `policy`, sharing no state.
+        """A copy of this model whose layers compute under `policy`.
 
-        Mixed policies keep float32 variables, so the weights carry over exactly; only the
-        arithmetic changes. The preprocessor (float32 image converter, tokenizer) is shared.
+        Mixed policies keep float32 variables, so the weights carry over exactly (copied, so
+        the fingerprint and any index built with this model stay valid); only the arithmetic
+        changes. The preprocessor (float32 image converter, tokenizer) is shared.
         """
+        if policy not in FLOAT_POLICIES:
+            raise ValueError(f"Unknown precision {policy!r}: choose one of {FLOAT_POLICIES}.")
         if policy == self.compute_policy:
             return self
         backbone = self.backbone.__class__.from_config(_replace_policies(self.backbone.get_config(), policy))
