@@ -7,6 +7,7 @@ differ by 100x.
 """
 
 import json
+import os
 import platform
 import resource
 import statistics
@@ -64,6 +65,26 @@ def machine():
     return model or platform.processor()
 
 
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
+
+
+def cpu_fields():
+    """The CPU kind and how busy the shared machine was: every JSON line carries them.
+
+    Speed on one CPU kind says little about another (bf16 is 2x faster than float32 on a
+    CPU with avx512_bf16 and 100x slower on one without), so no number travels without them.
+    """
+    from kclip.utils.precision import cpu_info
+
+    info = cpu_info()
+    return {
+        "cpu_model": info["model"],
+        "cpu_flags": [flag for flag in CPU_FLAGS if flag in info["flags"]],
+        "cpu_count": os.cpu_count(),
+        "loadavg_1m": round(os.getloadavg()[0], 2),
+    }
+
+
 def time_steps(step, warmup, steps, synchronize=lambda: None):
     """Calls `step()` warmup + steps times; returns the timed steps' seconds."""
     for _ in range(warmup):
@@ -91,6 +112,7 @@ def report(name, times, batch_size, **fields):
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
+        **cpu_fields(),
         **fields,
     }
     print(json.dumps(line), flush=True)

@@ -30,13 +30,26 @@ from kclip.models.towers import build_dual_encoder  # noqa: E402
 from kclip.serve import create_app, serve_page  # noqa: E402
 from kclip.training.export import export_model  # noqa: E402
 from kclip.training.run import train  # noqa: E402
+from kclip.utils.precision import inference_policy  # noqa: E402
 
 __version__ = "0.1.0"
 
 
-def load_model(path):
-    """Loads a `.keras` file written by kclip (any `keras.saving.load_model` works too)."""
-    return keras.saving.load_model(path)
+def load_model(path, precision="auto"):
+    """Loads a `.keras` file written by kclip, to encode in the fastest precision for this hardware.
+
+    A file keeps the dtype policy it was trained under. With `precision="auto"`, a model
+    trained in half precision runs in float32 where that half precision is emulated (bfloat16
+    on a CPU without avx512_bf16/amx_bf16, float16 on any CPU) and keeps it where it is
+    native. Embeddings are float32 either way. `precision="saved"` keeps the file's policy;
+    a policy name ("float32", "mixed_bfloat16", ...) forces one.
+    """
+    model = keras.saving.load_model(path)
+    if precision == "saved" or not isinstance(model, DualEncoder):
+        return model
+    if precision == "auto":
+        precision = inference_policy(model.compute_policy)[0]
+    return model.with_precision(precision)
 
 
 __all__ = [

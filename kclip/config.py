@@ -83,8 +83,11 @@ class DataConfig:
 class TrainerConfig:
     max_epochs: int = 20
     steps_per_epoch: Optional[int] = None
+    max_train_minutes: Optional[float] = None
+    """Stop training after this many minutes of wall-clock time; a cosine schedule then follows the clock."""
     precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
-    """auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU."""
+    """auto: by the hardware. CPU: mixed_bfloat16 where bf16 is native (avx512_bf16, amx_bf16, ARM bf16), else
+    float32. GPU: mixed_bfloat16 from compute capability 8.0, else mixed_float16."""
     logger: Literal["wandb", "none"] = "wandb"
     """wandb: online when logged in, else offline (sync later); none: no W&B at all."""
     wandb_project: str = "kclip"

@@ -6,6 +6,10 @@ PYTHON="${PYTHON:-python3}"
 if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
-# torch first, pinned: a looser requirement pulls a multi-GB CUDA build (see README).
-.venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+# torch first, and only if the venv has none: a torch you installed yourself (a CUDA build)
+# stays. The CPU pin lives here, not in pyproject.toml: an open requirement lets pip pull a
+# multi-GB CUDA build on a CPU machine (see README).
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+    .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
+fi
 .venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from helpers import CAPTIONS, tiny_model
-from kclip.utils.precision import resolve_precision
+from kclip.utils.precision import explain_precision, parse_cpuinfo, resolve_precision
 
 # The colours of helpers.CAPTIONS: red, blue, green, yellow.
 COLOURS = [(230, 30, 30), (30, 30, 230), (30, 200, 30), (240, 230, 30)]
@@ -42,9 +42,84 @@ def test_bfloat16_loss_curve_matches_float32_within_bfloat16_tolerance():
     assert bfloat16[-5:].mean() == pytest.approx(float32[-5:].mean(), rel=0.25, abs=0.05)
 
 
-def test_precision_auto_is_bfloat16_on_a_cpu():
+X86_NO_BF16 = {"model": "AMD EPYC 7B13 64-Core Processor", "arch": "x86_64",
+               "flags": frozenset({"sse4_2", "avx", "avx2", "fma"})}
+X86_BF16 = {"model": "AMD EPYC 9B14", "arch": "x86_64",
+            "flags": frozenset({"avx2", "avx512f", "avx512_bf16"})}
+
+
+@pytest.fixture
+def fake_hardware(monkeypatch):
+    """Sets what the probe sees: a CPU (model, flags, arch), a GPU compute capability or None.
+
+    The test machine's own CPU and GPU never decide the outcome.
+    """
+    from kclip.utils import precision
+
+    monkeypatch.delenv("KCLIP_CPU_BF16", raising=False)
+
+    def fake(cpu=X86_NO_BF16, gpu=None, onednn_bf16=True):
+        monkeypatch.setattr(precision, "cpu_info", lambda: cpu)
+        monkeypatch.setattr(precision, "gpu_compute_capability", lambda: gpu)
+        monkeypatch.setattr(precision, "_torch_onednn_bf16", lambda: onednn_bf16)
+
+    return fake
+
+
+def test_auto_is_float32_on_a_cpu_without_native_bf16(fake_hardware):
+    fake_hardware(X86_NO_BF16)
+    policy, why = explain_precision("auto")
+    assert policy == "float32"
+    assert "avx512_bf16" in why and "AMD EPYC 7B13" in why
+
+
+def test_auto_is_bfloat16_on_a_cpu_with_native_bf16(fake_hardware):
+    fake_hardware(X86_BF16)
+    assert explain_precision("auto") == ("mixed_bfloat16", "CPU 'AMD EPYC 9B14' has native bf16 (avx512_bf16)")
+    fake_hardware({**X86_NO_BF16, "flags": frozenset({"avx2", "amx_bf16"})})
     assert resolve_precision("auto") == "mixed_bfloat16"
+
+
+def test_auto_on_arm_reads_the_bf16_feature(fake_hardware):
+    fake_hardware({"model": "Neoverse-V1", "arch": "aarch64", "flags": frozenset({"fp", "asimd", "bf16"})})
+    assert resolve_precision("auto") == "mixed_bfloat16"
+    fake_hardware({"model": "Cortex-A72", "arch": "aarch64", "flags": frozenset({"fp", "asimd"})})
+    assert resolve_precision("auto") == "float32"
+
+
+def test_auto_needs_torch_bf16_kernels_too(fake_hardware):
+    if keras.config.backend() != "torch":
+        pytest.skip("oneDNN's bf16 probe is torch's")
+    fake_hardware(X86_BF16, onednn_bf16=False)
+    policy, why = explain_precision("auto")
+    assert policy == "float32" and "oneDNN" in why
+
+
+def test_auto_on_a_gpu_is_bfloat16_from_ampere_and_float16_before(fake_hardware):
+    fake_hardware(X86_NO_BF16, gpu=(8, 0))
+    assert resolve_precision("auto") == "mixed_bfloat16"
+    fake_hardware(X86_BF16, gpu=(7, 5))
+    policy, why = explain_precision("auto")
+    assert policy == "mixed_float16" and "loss scaling" in why
+
+
+def test_an_explicit_precision_is_kept(fake_hardware):
+    fake_hardware(X86_NO_BF16)
+    assert explain_precision("mixed_bfloat16") == ("mixed_bfloat16", "set in the config")
     assert resolve_precision("float32") == "float32"
+
+
+def test_environment_overrides_the_cpu_probe(fake_hardware, monkeypatch):
+    fake_hardware(X86_BF16)
+    monkeypatch.setenv("KCLIP_CPU_BF16", "0")
+    assert explain_precision("auto") == ("float32", "KCLIP_CPU_BF16=0")
+
+
+def test_cpuinfo_parsing_reads_x86_flags_and_arm_features():
+    x86 = "processor\t: 0\nmodel name\t: AMD EPYC 9B14\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n" * 2
+    assert parse_cpuinfo(x86) == ("AMD EPYC 9B14", frozenset({"fpu", "avx2", "avx512f", "avx512_bf16"}))
+    arm = "processor\t: 0\nFeatures\t: fp asimd bf16 i8mm\nCPU part\t: 0xd40\n"
+    assert parse_cpuinfo(arm) == ("", frozenset({"fp", "asimd", "bf16", "i8mm"}))
 
 
 def test_float16_with_loss_scaling_learns_like_float32():

@@ -14,6 +14,24 @@ from kclip.models.optimizers import MultiRateAdamW
 from kclip.models.preprocessor import DualEncoderPreprocessor
 
 
+FLOAT_POLICIES = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
+
+
+def _replace_policies(config, policy):
+    """A layer config with every floating-point dtype policy in it set to `policy`.
+
+    Integer inputs (token ids, masks) keep their dtype; kclip's float32-only layers
+    (normalization, logits) set float32 themselves whatever their config says.
+    """
+    if isinstance(config, dict):
+        if config.get("class_name") == "DTypePolicy" and config.get("config", {}).get("name") in FLOAT_POLICIES:
+            return {**config, "config": {**config["config"], "name": policy}}
+        return {key: _replace_policies(value, policy) for key, value in config.items()}
+    if isinstance(config, list):
+        return [_replace_policies(value, policy) for value in config]
+    return config
+
+
 @keras.saving.register_keras_serializable(package="kclip")
 class DualEncoder(keras_hub.models.Task):
     """Contrastive image-text model: `fit` trains it, `encode_*` embeds with it.
@@ -211,6 +229,32 @@ class DualEncoder(keras_hub.models.Task):
             converted = self.preprocessor({"images": np.stack(chunk)})["images"]
             batches.append(np.asarray(encoder.predict_on_batch(converted), dtype="float32"))
         return np.concatenate(batches) if batches else np.zeros((0, self.backbone.projection_dim), "float32")
+
+    @property
+    def compute_policy(self):
+        """The dtype policy the towers compute in (a mixed policy keeps float32 weights)."""
+        return self.backbone.dtype_policy.name
+
+    def with_precision(self, policy):
+        """A copy of this model whose layers compute under `policy`.
+
+        Mixed policies keep float32 variables, so the weights carry over exactly (copied, so
+        the fingerprint and any index built with this model stay valid); only the arithmetic
+        changes. The preprocessor (float32 image converter, tokenizer) is shared.
+        """
+        if policy not in FLOAT_POLICIES:
+            raise ValueError(f"Unknown precision {policy!r}: choose one of {FLOAT_POLICIES}.")
+        if policy == self.compute_policy:
+            return self
+        backbone = self.backbone.__class__.from_config(_replace_policies(self.backbone.get_config(), policy))
+        backbone.set_weights(self.backbone.get_weights())
+        return self.__class__(
+            backbone,
+            self.preprocessor,
+            contrastive_loss=self.contrastive_loss,
+            temperature=self.temperature,
+            compile=False,
+        )
 
     def fingerprint(self):
         """A hash of the weights: an index built by other weights is refused."""

@@ -8,6 +8,7 @@ skip NaN epochs, so patience is counted in evaluations.
 
 import json
 import math
+import time
 from pathlib import Path
 
 import keras
@@ -130,6 +131,42 @@ def warmup_cosine(progress, peak, warmup, total):
     return peak * 0.5 * (1.0 + math.cos(math.pi * fraction))
 
 
+class TimeBudget(keras.callbacks.Callback):
+    """Stops training once `minutes` of wall-clock time have passed since `fit` began.
+
+    A slow CPU then still finishes on time (after fewer epochs), and `fraction()` lets the
+    cosine schedule run on the clock so the rate has reached zero when time runs out.
+    The clock restarts when an interrupted run resumes.
+    """
+
+    def __init__(self, minutes):
+        super().__init__()
+        if minutes <= 0:
+            raise ValueError(f"trainer.max_train_minutes must be positive, got {minutes}.")
+        self.seconds = 60.0 * float(minutes)
+        self.began = None
+        self.stopped_at_epoch = None
+
+    def on_train_begin(self, logs=None):
+        self.began = time.monotonic()
+
+    def fraction(self):
+        return 0.0 if self.began is None else min(1.0, (time.monotonic() - self.began) / self.seconds)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.fraction() >= 1.0 and not self.model.stop_training:
+            self.model.stop_training = True
+            self.stopped_at_epoch = self._epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def on_train_end(self, logs=None):
+        if self.stopped_at_epoch is not None:
+            print(f"Stopped by trainer.max_train_minutes ({self.seconds / 60:g} min) in epoch "
+                  f"{self.stopped_at_epoch + 1} of {self.params.get('epochs')}.", flush=True)
+
+
 class WarmupCosineSchedule(keras.callbacks.Callback):
     """Sets the optimizer's (heads') learning rate before every batch: warmup, then cosine decay.
 
@@ -138,11 +175,13 @@ class WarmupCosineSchedule(keras.callbacks.Callback):
     multiples of this one and follow it in proportion.
     """
 
-    def __init__(self, peak, warmup_epochs=1.0, total_epochs=None):
+    def __init__(self, peak, warmup_epochs=1.0, total_epochs=None, time_budget=None):
         super().__init__()
         self.peak = float(peak)
         self.warmup_epochs = float(warmup_epochs)
         self.total_epochs = total_epochs
+        # A `TimeBudget`: when the clock runs ahead of the epochs, the curve follows the clock.
+        self.time_budget = time_budget
         self._epoch = 0
 
     def on_epoch_begin(self, epoch, logs=None):
@@ -153,6 +192,8 @@ class WarmupCosineSchedule(keras.callbacks.Callback):
         total = self.total_epochs or (self.params or {}).get("epochs") or 1
         # The middle of the batch: neither the first nor the last batch trains at a zero rate.
         progress = self._epoch + ((batch + 0.5) / steps if steps else 0.5)
+        if self.time_budget is not None:
+            progress = max(progress, self.time_budget.fraction() * total)
         rate = warmup_cosine(progress, self.peak, self.warmup_epochs, total)
         self.model.optimizer.learning_rate.assign(rate)
 

@@ -14,7 +14,7 @@ from kclip.models.towers import build_dual_encoder, build_word_vocabulary
 from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
 from kclip.utils.files import write_json
-from kclip.utils.precision import resolve_precision
+from kclip.utils.precision import explain_precision
 
 GRID_MAX_ROWS = 12
 
@@ -48,7 +48,8 @@ def train(config, callbacks=(), verbose="auto"):
     Returns (model, history, test_metrics).
     """
     keras.utils.set_random_seed(config.trainer.seed)
-    policy = resolve_precision(config.trainer.precision)
+    policy, why = explain_precision(config.trainer.precision)
+    print(f"Precision: {policy} ({why}).", flush=True)
     keras.config.set_dtype_policy(policy)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)

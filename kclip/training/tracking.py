@@ -20,6 +20,7 @@ from kclip.training.callbacks import (
     LearningRateLogger,
     RecallCallback,
     ResumeReport,
+    TimeBudget,
     WarmupCosineSchedule,
 )
 
@@ -91,13 +92,14 @@ def start_wandb_run(config, output_dir):
     return run
 
 
-def schedule_callbacks(config):
+def schedule_callbacks(config, time_budget=None):
     trainer = config.trainer
     if trainer.lr_schedule == "plateau":
         return [EvaluationReduceLROnPlateau(monitor=MONITOR, mode="max", factor=trainer.plateau_factor,
                                             patience=trainer.plateau_patience, verbose=1)]
     if trainer.lr_schedule == "cosine":
-        return [WarmupCosineSchedule(config.model.head_lr, trainer.warmup_epochs, trainer.max_epochs)]
+        return [WarmupCosineSchedule(config.model.head_lr, trainer.warmup_epochs, trainer.max_epochs,
+                                     time_budget=time_budget)]
     return []
 
 
@@ -111,13 +113,17 @@ def training_callbacks(config, output_dir, validation_images=()):
     output_dir = Path(output_dir)
     trainer = config.trainer
     callbacks, recall = [], None
+    # First, so that a batch that ends the budget stops the epoch before anything else runs.
+    time_budget = TimeBudget(trainer.max_train_minutes) if trainer.max_train_minutes else None
+    if time_budget is not None:
+        callbacks.append(time_budget)
     if validation_images:
         recall = RecallCallback(validation_images, every_n_epochs=trainer.eval_every_n_epochs,
                                 batch_size=config.data.val_batch_size)
         callbacks.append(recall)
     callbacks.append(LearningRateLogger())
     if recall is not None or trainer.lr_schedule == "cosine":
-        callbacks += schedule_callbacks(config)
+        callbacks += schedule_callbacks(config, time_budget)
     if recall is not None:
         callbacks.append(BestModelExport(output_dir / "best.keras", monitor=MONITOR, mode="max"))
         if trainer.early_stopping_patience is not None:
