@@ -139,6 +139,12 @@ class DualEncoder(keras_hub.models.Task):
                 loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
                 scaled_loss = self.optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled_loss, self.trainable_weights)
+            # Embedding gradients come as IndexedSlices, and Keras 3.15's Adam squares their
+            # rows before summing repeated tokens (sum of squares, not square of sum): the
+            # second moment goes wrong for every token seen twice in a batch. Dense
+            # gradients give the update torch and JAX compute.
+            gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                         for g in gradients]
             self.optimizer.apply(gradients, self.trainable_weights)
         else:
             raise NotImplementedError(

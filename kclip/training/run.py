@@ -12,6 +12,7 @@ from kclip.data.pipeline import datasets_for_training
 from kclip.data.sources import load_records
 from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_table, write_grid
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary
+from kclip.training.distribution import configure as configure_distribution
 from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
 from kclip.utils.precision import resolve_precision
@@ -38,6 +39,7 @@ def build_model_for_data(config, train_images):
         image_learning_rate=config.model.image_encoder_lr,
         text_learning_rate=config.model.text_encoder_lr,
         weight_decay=config.model.weight_decay,
+        jit_compile=config.trainer.jit_compile,
     )
     return model
 
@@ -50,6 +52,8 @@ def train(config, callbacks=(), verbose="auto"):
     keras.utils.set_random_seed(config.trainer.seed)
     policy = resolve_precision(config.trainer.precision)
     keras.config.set_dtype_policy(policy)
+    # Before the model is built: its variables are laid out on the devices as they are created.
+    configure_distribution(config.trainer.distribution, config.data.train_batch_size)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / "config.json").write_text(json.dumps(asdict(config), indent=2))
