@@ -8,4 +8,4 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # torch first, pinned: a looser requirement pulls a multi-GB CUDA build (see README).
 .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,jax]"

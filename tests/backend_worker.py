@@ -1,7 +1,7 @@
 """Run in a subprocess with KERAS_BACKEND set: the per-backend half of tests/test_backends.py.
 
     python tests/backend_worker.py save MODEL.keras
-    python tests/backend_worker.py embed MODEL.keras OUT.json
+    python tests/backend_worker.py embed OUT_DIR MODEL.keras [MODEL.keras ...]
     python tests/backend_worker.py train MODEL.keras OUT.json [--steps 50]
 
 Every backend reads the same model file and builds the same inputs from fixed seeds, so
@@ -34,7 +34,13 @@ def save(path):
     tiny_model(captions=[" ".join(WORDS)]).save(path)
 
 
-def embed(path, out):
+def embed(out_dir, paths):
+    """Writes OUT_DIR/<model file stem>-on-<backend>.json for each model file."""
+    for path in paths:
+        _embed_one(path, os.path.join(out_dir, f"{os.path.basename(path)[:-6]}-on-{keras.config.backend()}.json"))
+
+
+def _embed_one(path, out):
     model = keras.saving.load_model(path)
     result = {
         "backend": keras.config.backend(),
@@ -89,7 +95,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("command", choices=["save", "embed", "train"])
     parser.add_argument("model")
-    parser.add_argument("out", nargs="?")
+    parser.add_argument("out", nargs="*")
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--jit-compile", default="auto")
     args = parser.parse_args()
@@ -99,7 +105,7 @@ def main():
         embed(args.model, args.out)
     else:
         jit = {"true": True, "false": False}.get(args.jit_compile, args.jit_compile)
-        train(args.model, args.out, args.steps, jit)
+        train(args.model, args.out[0], args.steps, jit)
 
 
 if __name__ == "__main__":

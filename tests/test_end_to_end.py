@@ -10,6 +10,9 @@ from PIL import Image
 import kclip
 from helpers import tiny_config, tiny_model
 
+# Also run on JAX and TensorFlow by .ci/run (KCLIP_TEST_BACKEND).
+pytestmark = pytest.mark.backend_neutral
+
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230), "yellow": (240, 230, 30)}
 
 

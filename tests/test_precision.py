@@ -7,6 +7,9 @@ import pytest
 from helpers import CAPTIONS, tiny_model
 from kclip.utils.precision import resolve_precision
 
+# Also run on JAX and TensorFlow by .ci/run (KCLIP_TEST_BACKEND).
+pytestmark = pytest.mark.backend_neutral
+
 # The colours of helpers.CAPTIONS: red, blue, green, yellow.
 COLOURS = [(230, 30, 30), (30, 30, 230), (30, 200, 30), (240, 230, 30)]
 
@@ -47,6 +50,11 @@ def test_precision_auto_is_bfloat16_on_a_cpu():
     assert resolve_precision("float32") == "float32"
 
 
+@pytest.mark.skipif(
+    keras.config.backend() == "jax",
+    reason="XLA on the CPU has no float16 matmul with float32 accumulation; "
+    "tests/test_loss_scaling.py checks JAX's loss scaling in float32",
+)
 def test_float16_with_loss_scaling_learns_like_float32():
     # mixed_float16 is the GPU default: Keras wraps the optimizer in LossScaleOptimizer, whose
     # first steps overflow and are skipped while the scale comes down.

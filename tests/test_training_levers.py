@@ -9,7 +9,7 @@ from kclip.backends.torch import conv_layout
 from kclip.backends.torch import fused_adam
 from kclip.models import optimizers
 
-pytestmark = pytest.mark.skipif(keras.config.backend() != "torch", reason="torch kernels")
+pytestmark = pytest.mark.torch_only  # torch kernels
 
 
 def adam_steps(fused, weight_decay):
