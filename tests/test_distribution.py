@@ -59,10 +59,12 @@ def test_data_parallel_gives_the_loss_and_gradients_of_one_device(two_device_run
     assert parallel["fit_loss"] == pytest.approx(single["loss"], rel=1e-6)
     for key in arrays.files:
         if key.startswith("single/weights_after_step/"):
-            # Adam's first step is about lr * sign(gradient), which turns a gradient's last-bit
-            # difference into a larger one: 1e-5 is 1% of the 1e-3 step.
+            # Adam's first step is lr * g / (|g| + eps): where |g| is near eps (1e-7) its
+            # sensitivity is lr / eps = 1e4, so the gradients' 1e-9 rounding differences may move
+            # a weight by up to about 1e-5. 1e-4 is a tenth of one 1e-3 step; the gradients
+            # themselves are checked tightly above.
             np.testing.assert_allclose(arrays[key.replace("single", "parallel")], arrays[key],
-                                       rtol=1e-5, atol=1e-5)
+                                       rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.cross_backend
