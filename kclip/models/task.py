@@ -12,6 +12,7 @@ from kclip.models.backbone import DualEncoderBackbone
 from kclip.data.image_io import load_image
 from kclip.models.optimizers import MultiRateAdamW
 from kclip.models.preprocessor import DualEncoderPreprocessor
+from kclip.training.distribution import undistributed
 
 
 @keras.saving.register_keras_serializable(package="kclip")
@@ -202,6 +203,15 @@ class DualEncoder(keras_hub.models.Task):
         inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
         outputs = self(inputs, training=False)
         return self._update_metrics(*self._loss_and_metrics(outputs, image_ids))
+
+    # Under trainer.distribution=data_parallel only training splits batches over devices.
+    def evaluate(self, *args, **kwargs):
+        with undistributed():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with undistributed():
+            return super().predict(*args, **kwargs)
 
     def fit(self, *args, **kwargs):
         object.__setattr__(self, "_fingerprint", None)

@@ -14,6 +14,8 @@ returns every host's devices, and `data_parallel` spans all of them, each host f
 own part of the global batch.
 """
 
+import contextlib
+
 import keras
 
 CHOICES = ("none", "data_parallel")
@@ -47,3 +49,22 @@ def configure(name, train_batch_size=None):
     distribution = keras.distribution.DataParallel(devices=devices)
     keras.distribution.set_distribution(distribution)
     return distribution
+
+
+@contextlib.contextmanager
+def undistributed():
+    """Runs the block on whole, unsplit batches (weights stay replicated on every device).
+
+    Evaluation and embedding take batches of any size (a split's last batch, one query),
+    which a DataParallel layout cannot split unevenly; they are cheap next to training,
+    so they run unsplit: inputs are placed next to the replicated weights.
+    """
+    if keras.config.backend() != "jax" or keras.distribution.distribution() is None:
+        yield
+        return
+    previous = keras.distribution.distribution()
+    keras.distribution.set_distribution(None)
+    try:
+        yield
+    finally:
+        keras.distribution.set_distribution(previous)

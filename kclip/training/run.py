@@ -13,6 +13,7 @@ from kclip.data.sources import load_records
 from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_table, write_grid
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary
 from kclip.training.distribution import configure as configure_distribution
+from kclip.training.distribution import undistributed
 from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
 from kclip.utils.precision import resolve_precision
@@ -91,9 +92,10 @@ def train(config, callbacks=(), verbose="auto"):
                 verbose=verbose,
             )
         print(f"Trained in {time.time() - started:.0f} s.")
-        model_path = export_model(model, output_dir / "model.keras")
-        print(f"Saved {model_path}")
-        test_metrics, grid_path = _final_evaluation(config, model, records, output_dir)
+        with undistributed():  # evaluation takes batches of any size
+            model_path = export_model(model, output_dir / "model.keras")
+            print(f"Saved {model_path}")
+            test_metrics, grid_path = _final_evaluation(config, model, records, output_dir)
     except BaseException:
         finish_tracking(exit_code=1)
         raise
