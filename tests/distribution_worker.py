@@ -65,6 +65,10 @@ def run(initial_weights, inputs, image_ids, data_parallel):
     history = model.fit({k: np.asarray(v) for k, v in inputs.items()}, np.asarray(image_ids),
                         batch_size=GLOBAL_BATCH, epochs=1, shuffle=False, verbose=0)
     result["fit_loss"] = float(history.history["loss"][0])
+    # Evaluation takes batches that do not split over the devices (5 rows on 2 devices).
+    odd = {k: np.asarray(v)[:5] for k, v in inputs.items()}
+    result["odd_batch_eval_loss"] = float(model.evaluate(odd, np.asarray(image_ids)[:5], batch_size=5,
+                                                         verbose=0, return_dict=True)["loss"])
     result["weights_after_step"] = [np.asarray(w) for w in model.get_weights()]
     return initial, result
 

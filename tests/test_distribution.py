@@ -57,6 +57,8 @@ def test_data_parallel_gives_the_loss_and_gradients_of_one_device(two_device_run
     # fit's own train step under DataParallel: same loss, same weights after the step.
     assert parallel["fit_loss"] == pytest.approx(single["fit_loss"], rel=1e-6)
     assert parallel["fit_loss"] == pytest.approx(single["loss"], rel=1e-6)
+    # A batch that does not split over 2 devices is evaluated whole, as on one device.
+    assert parallel["odd_batch_eval_loss"] == pytest.approx(single["odd_batch_eval_loss"], rel=1e-5)
     for key in arrays.files:
         if key.startswith("single/weights_after_step/"):
             # Adam's first step is lr * g / (|g| + eps): where |g| is near eps (1e-7) its
