@@ -3,6 +3,7 @@
     python tests/backend_worker.py save MODEL.keras
     python tests/backend_worker.py embed OUT_DIR MODEL.keras [MODEL.keras ...]
     python tests/backend_worker.py train MODEL.keras OUT.json [--steps 50]
+    python tests/backend_worker.py check OUT_DIR MODEL.keras [MODEL.keras ...]   # embed all, train on the first
 
 Every backend reads the same model file and builds the same inputs from fixed seeds, so
 any difference in what they write comes from the backend.
@@ -93,7 +94,7 @@ def train(path, out, steps, jit_compile):
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("command", choices=["save", "embed", "train"])
+    parser.add_argument("command", choices=["save", "embed", "train", "check"])
     parser.add_argument("model")
     parser.add_argument("out", nargs="*")
     parser.add_argument("--steps", type=int, default=50)
@@ -101,8 +102,11 @@ def main():
     args = parser.parse_args()
     if args.command == "save":
         save(args.model)
-    elif args.command == "embed":
+    elif args.command in ("embed", "check"):
         embed(args.model, args.out)
+        if args.command == "check":  # one process start instead of two
+            out = os.path.join(args.model, f"train-{keras.config.backend()}.json")
+            train(args.out[0], out, args.steps, "auto")
     else:
         jit = {"true": True, "false": False}.get(args.jit_compile, args.jit_compile)
         train(args.model, args.out[0], args.steps, jit)
