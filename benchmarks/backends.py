@@ -60,8 +60,24 @@ def run_one(recipe, backend, jit, warmup, steps, timeout):
     return record
 
 
+def summarize(path):
+    """A markdown table of a results file: per recipe, backend and jit, every round's median step."""
+    rows = {}
+    for line in Path(path).read_text().splitlines():
+        record = json.loads(line)
+        key = (record["recipe"], record["backend"], record["jit_compile"])
+        step = record.get("median_step_s")
+        loads = f"{record['load_before'][0]:.0f}–{record['load_after'][0]:.0f}"
+        rows.setdefault(key, []).append(f"{step:.2f} s (load {loads})" if step else "failed")
+    print("| recipe | backend | jit_compile | median step per round (1-min load average before–after) |")
+    print("|---|---|---|---|")
+    for (recipe, backend, jit), cells in rows.items():
+        print(f"| {recipe} | {backend} | {jit} | {'; '.join(cells)} |")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--summarize", metavar="JSONL", help="print a markdown table of a results file and exit")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--recipes", nargs="+", default=list(RECIPES), choices=list(RECIPES))
     parser.add_argument("--warmup", type=int, default=2)
@@ -69,6 +85,9 @@ def main():
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
     parser.add_argument("--out", help="append the JSON lines to this file too")
     args = parser.parse_args()
+    if args.summarize:
+        summarize(args.summarize)
+        return
     for round_index in range(args.rounds):
         for recipe in args.recipes:
             for backend, jit in RUNS:
