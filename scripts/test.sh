@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: set up, then run the offline test suite.
 #   KCLIP_TEST_BACKEND=jax bash scripts/test.sh          # the suite on JAX (torch-only tests skip)
-#   KCLIP_TEST_BACKEND=tensorflow bash scripts/test.sh -m backend_neutral   # CI's subset
+#   KCLIP_TEST_BACKEND=tensorflow bash scripts/test.sh -m "backend_neutral and not cross_backend"  # CI's subset
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh

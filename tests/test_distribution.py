@@ -91,3 +91,17 @@ def test_data_parallel_off_jax_is_a_clear_error():
         pytest.skip("data_parallel is supported here")
     with pytest.raises(ValueError, match="needs KERAS_BACKEND=jax.*torch.distributed.*MirroredStrategy"):
         distribution.configure("data_parallel")
+
+
+@pytest.mark.backend_neutral
+def test_distribution_and_jit_compile_config_keys():
+    from kclip.config import parse_config
+
+    config = parse_config([])
+    assert (config.trainer.distribution, config.trainer.jit_compile) == ("none", "auto")
+    config = parse_config(["--trainer.distribution", "data_parallel", "--trainer.jit_compile", "false"])
+    assert (config.trainer.distribution, config.trainer.jit_compile) == ("data_parallel", False)
+    with pytest.raises(ValueError, match="trainer.jit_compile"):
+        parse_config(["--trainer.jit_compile", "sometimes"])
+    with pytest.raises(ValueError, match="trainer.distribution"):
+        parse_config(["--trainer.distribution", "pipeline"])

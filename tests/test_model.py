@@ -26,6 +26,7 @@ def test_train_step_lowers_the_loss_on_a_fixed_batch():
     assert np.mean(losses[-3:]) < 0.5 * np.mean(losses[:3]), losses
 
 
+@pytest.mark.cross_backend  # starts TensorFlow itself; the TensorFlow run of the suite covers it
 def test_train_step_lowers_the_loss_on_the_tensorflow_backend():
     script = textwrap.dedent(
         """
