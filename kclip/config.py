@@ -111,7 +111,7 @@ class TrainerConfig:
     distribution: Literal["none", "data_parallel"] = "none"
     """data_parallel: keras.distribution.DataParallel over every local device (JAX only); the loss sees the global batch."""
     jit_compile: Union[bool, Literal["auto"]] = "auto"
-    """Compile the train step with XLA (JAX, TensorFlow) or torch.compile; auto: on for JAX and TensorFlow, off for torch."""
+    """Compile the train step with XLA (JAX, TensorFlow) or torch.compile; auto: on for JAX only, where it was measured faster."""
     checkpoint_model_to_wandb: bool = False
     """Upload the model to W&B each epoch (WandbModelCheckpoint): the whole file every time."""
 

@@ -21,6 +21,15 @@ from kclip.utils.precision import resolve_precision
 GRID_MAX_ROWS = 12
 
 
+def resolve_jit_compile(jit_compile="auto"):
+    """auto: XLA on JAX only. On this CPU it lost on TensorFlow (tf.function without XLA was
+    faster for the demo and the small size) and torch.compile lost on torch
+    (benchmarks/RESULTS-training.md, "Backends")."""
+    if jit_compile != "auto":
+        return bool(jit_compile)
+    return keras.config.backend() == "jax"
+
+
 def build_model_for_data(config, train_images):
     """Builds the configured model; a from-scratch text tower gets a vocabulary of the training captions."""
     vocabulary = None
@@ -40,7 +49,7 @@ def build_model_for_data(config, train_images):
         image_learning_rate=config.model.image_encoder_lr,
         text_learning_rate=config.model.text_encoder_lr,
         weight_decay=config.model.weight_decay,
-        jit_compile=config.trainer.jit_compile,
+        jit_compile=resolve_jit_compile(config.trainer.jit_compile),
     )
     return model
 
