@@ -6,7 +6,7 @@ and an unknown or mistyped key is rejected with its name.
 """
 
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 from jsonargparse import ActionConfigFile, ArgumentParser
 
@@ -110,6 +110,11 @@ class TrainerConfig:
     """Free each activation of a functional model after its last use while training (same math, less memory)."""
     fast_conv_kernels: bool = True
     """On torch, hand conv kernels to torch in its own layout while training (same values, faster)."""
+    # --- Backends and devices ---
+    distribution: Literal["none", "data_parallel"] = "none"
+    """data_parallel: keras.distribution.DataParallel over every local device (JAX only); the loss sees the global batch."""
+    jit_compile: Union[bool, Literal["auto"]] = "auto"
+    """Compile the train step with XLA (JAX, TensorFlow) or torch.compile; auto: on for JAX only, where it was measured faster."""
     checkpoint_model_to_wandb: bool = False
     """Upload the model to W&B each epoch (WandbModelCheckpoint): the whole file every time."""
 

@@ -1,6 +1,22 @@
 import os
 
+import pytest
+
 # The backend must be chosen before anything imports keras; torch is what kclip ships.
+# KCLIP_TEST_BACKEND=jax|tensorflow runs the suite on another backend (scripts/test.sh).
+if os.environ.get("KCLIP_TEST_BACKEND"):
+    os.environ["KERAS_BACKEND"] = os.environ["KCLIP_TEST_BACKEND"]
 os.environ.setdefault("KERAS_BACKEND", "torch")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def pytest_collection_modifyitems(config, items):
+    """`torch_only` tests (torch kernels, torch levers) skip on the other backends."""
+    backend = os.environ["KERAS_BACKEND"]
+    if backend == "torch":
+        return
+    skip = pytest.mark.skip(reason=f"torch-only test; this run uses KERAS_BACKEND={backend}")
+    for item in items:
+        if "torch_only" in item.keywords:
+            item.add_marker(skip)

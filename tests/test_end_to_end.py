@@ -13,6 +13,9 @@ from data_fixtures import write_karpathy_json
 from helpers import tiny_config, tiny_model
 from kclip.data.sources import load_records
 
+# Also run on JAX and TensorFlow by .ci/run (KCLIP_TEST_BACKEND).
+pytestmark = pytest.mark.backend_neutral
+
 COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (30, 30, 230), "yellow": (240, 230, 30)}
 
 

@@ -9,9 +9,7 @@ import pytest
 from helpers import seeded_model_and_batch
 from kclip.backends.torch import graph_memory
 
-pytestmark = pytest.mark.skipif(
-    keras.config.backend() != "torch", reason="eager tensors that Python can free are torch's"
-)
+pytestmark = pytest.mark.torch_only  # eager tensors that Python can free are torch's
 
 
 class Probe(keras.layers.Layer):

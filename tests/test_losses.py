@@ -4,6 +4,9 @@ from keras import ops
 
 from kclip.models import losses
 
+# Also run on JAX and TensorFlow by .ci/run (KCLIP_TEST_BACKEND).
+pytestmark = pytest.mark.backend_neutral
+
 
 def unit_rows(array):
     array = np.asarray(array, dtype="float64")

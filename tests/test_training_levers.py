@@ -6,9 +6,10 @@ import pytest
 
 from helpers import seeded_model_and_batch
 from kclip.backends.torch import conv_layout
+from kclip.backends.torch import fused_adam
 from kclip.models import optimizers
 
-pytestmark = pytest.mark.skipif(keras.config.backend() != "torch", reason="torch kernels")
+pytestmark = pytest.mark.torch_only  # torch kernels
 
 
 def adam_steps(fused, weight_decay):
@@ -29,7 +30,7 @@ def adam_steps(fused, weight_decay):
 
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_fused_adam_matches_keras_adam_with_learning_rate_groups(weight_decay):
-    assert optimizers._fused_adam_kernel() is not None
+    assert fused_adam.kernel() is not None
     expected = adam_steps(fused=False, weight_decay=weight_decay)
     actual = adam_steps(fused=True, weight_decay=weight_decay)
     for want, got in zip(expected, actual):

@@ -12,6 +12,7 @@ from kclip.models.backbone import DualEncoderBackbone
 from kclip.data.image_io import load_model_image
 from kclip.models.optimizers import MultiRateAdamW
 from kclip.models.preprocessor import DualEncoderPreprocessor
+from kclip.training.distribution import undistributed
 
 
 FLOAT_POLICIES = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
@@ -131,10 +132,14 @@ class DualEncoder(keras_hub.models.Task):
         self.image_to_text_accuracy.update_state(image_to_text)
         return {metric.name: metric.result() for metric in self.metrics}
 
-    def train_step(self, data):
-        inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
+    def train_step(self, *args):
         # Only the gradient computation differs between backends; the loss does not.
-        if keras.config.backend() == "torch":
+        backend = keras.config.backend()
+        if backend == "jax":
+            return self._jax_train_step(*args)
+        (data,) = args
+        inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
+        if backend == "torch":
             import torch
 
             self.zero_grad()
@@ -145,7 +150,7 @@ class DualEncoder(keras_hub.models.Task):
             gradients = [v.value.grad for v in variables]
             with torch.no_grad():
                 self.optimizer.apply(gradients, variables)
-        elif keras.config.backend() == "tensorflow":
+        elif backend == "tensorflow":
             import tensorflow as tf
 
             with tf.GradientTape() as tape:
@@ -153,18 +158,78 @@ class DualEncoder(keras_hub.models.Task):
                 loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
                 scaled_loss = self.optimizer.scale_loss(loss)
             gradients = tape.gradient(scaled_loss, self.trainable_weights)
+            # Embedding gradients come as IndexedSlices, and Keras 3.15's Adam squares their
+            # rows before summing repeated tokens (sum of squares, not square of sum): the
+            # second moment goes wrong for every token seen twice in a batch. Dense
+            # gradients give the update torch and JAX compute.
+            gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                         for g in gradients]
             self.optimizer.apply(gradients, self.trainable_weights)
         else:
             raise NotImplementedError(
-                f"DualEncoder.train_step supports the torch and tensorflow backends, "
-                f"not {keras.config.backend()!r}. Set KERAS_BACKEND=torch."
+                f"DualEncoder.train_step supports the torch, jax and tensorflow backends, "
+                f"not {backend!r}."
             )
         return self._update_metrics(loss, text_to_image, image_to_text)
 
-    def test_step(self, data):
+    def _stateless_loss(self, trainable, non_trainable, optimizer_variables, inputs, image_ids):
+        """JAX: the scaled loss as a pure function of the variables, for `jax.value_and_grad`."""
+        outputs, non_trainable = self.stateless_call(trainable, non_trainable, inputs, training=True)
+        loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
+        # The loss scale (mixed_float16) is an optimizer variable: read it from this step's state.
+        with keras.StatelessScope(state_mapping=list(zip(self.optimizer.variables, optimizer_variables))):
+            scaled_loss = self.optimizer.scale_loss(loss)
+        return scaled_loss, (loss, text_to_image, image_to_text, non_trainable)
+
+    def _jax_train_step(self, state, data):
+        """JAX's stateless step: every variable comes in with `state` and goes out with the result."""
+        import jax
+
+        trainable, non_trainable, optimizer_variables, metrics_variables = state
+        inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
+        gradient_fn = jax.value_and_grad(self._stateless_loss, has_aux=True)
+        (_, (loss, text_to_image, image_to_text, non_trainable)), gradients = gradient_fn(
+            trainable, non_trainable, optimizer_variables, inputs, image_ids
+        )
+        trainable, optimizer_variables = self.optimizer.stateless_apply(
+            optimizer_variables, gradients, trainable
+        )
+        logs, metrics_variables = self._stateless_update_metrics(
+            metrics_variables, loss, text_to_image, image_to_text
+        )
+        return logs, (trainable, non_trainable, optimizer_variables, metrics_variables)
+
+    def _stateless_update_metrics(self, metrics_variables, *values):
+        with keras.StatelessScope(
+            state_mapping=list(zip(self.metrics_variables, metrics_variables))
+        ) as scope:
+            logs = self._update_metrics(*values)
+        updated = [scope.get_current_value(v) for v in self.metrics_variables]
+        return logs, [new if new is not None else old for new, old in zip(updated, metrics_variables)]
+
+    def test_step(self, *args):
+        if keras.config.backend() == "jax":
+            state, data = args
+            trainable, non_trainable, metrics_variables = state
+            inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
+            outputs, non_trainable = self.stateless_call(trainable, non_trainable, inputs, training=False)
+            logs, metrics_variables = self._stateless_update_metrics(
+                metrics_variables, *self._loss_and_metrics(outputs, image_ids)
+            )
+            return logs, (trainable, non_trainable, metrics_variables)
+        (data,) = args
         inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
         outputs = self(inputs, training=False)
         return self._update_metrics(*self._loss_and_metrics(outputs, image_ids))
+
+    # Under trainer.distribution=data_parallel only training splits batches over devices.
+    def evaluate(self, *args, **kwargs):
+        with undistributed():
+            return super().evaluate(*args, **kwargs)
+
+    def predict(self, *args, **kwargs):
+        with undistributed():
+            return super().predict(*args, **kwargs)
 
     def fit(self, *args, **kwargs):
         object.__setattr__(self, "_fingerprint", None)

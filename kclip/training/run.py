@@ -11,12 +11,23 @@ from kclip.data.pipeline import datasets_for_training
 from kclip.data.sources import load_records
 from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_table, write_grid
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary
+from kclip.training.distribution import configure as configure_distribution
+from kclip.training.distribution import undistributed
 from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
 from kclip.utils.files import write_json
 from kclip.utils.precision import explain_precision
 
 GRID_MAX_ROWS = 12
+
+
+def resolve_jit_compile(jit_compile="auto"):
+    """auto: XLA on JAX only. On this CPU it lost on TensorFlow (tf.function without XLA was
+    faster for the demo and the small size) and torch.compile lost on torch
+    (benchmarks/RESULTS-training.md, "Backends")."""
+    if jit_compile != "auto":
+        return bool(jit_compile)
+    return keras.config.backend() == "jax"
 
 
 def build_model_for_data(config, train_images):
@@ -38,6 +49,7 @@ def build_model_for_data(config, train_images):
         image_learning_rate=config.model.image_encoder_lr,
         text_learning_rate=config.model.text_encoder_lr,
         weight_decay=config.model.weight_decay,
+        jit_compile=resolve_jit_compile(config.trainer.jit_compile),
     )
     return model
 
@@ -51,6 +63,8 @@ def train(config, callbacks=(), verbose="auto"):
     policy, why = explain_precision(config.trainer.precision)
     print(f"Precision: {policy} ({why}).", flush=True)
     keras.config.set_dtype_policy(policy)
+    # Before the model is built: its variables are laid out on the devices as they are created.
+    configure_distribution(config.trainer.distribution, config.data.train_batch_size)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     write_json(output_dir / "config.json", asdict(config))
@@ -88,9 +102,10 @@ def train(config, callbacks=(), verbose="auto"):
                 verbose=verbose,
             )
         print(f"Trained in {time.time() - started:.0f} s.")
-        model_path = export_model(model, output_dir / "model.keras")
-        print(f"Saved {model_path}")
-        test_metrics, grid_path = _final_evaluation(config, model, records, output_dir)
+        with undistributed():  # evaluation takes batches of any size
+            model_path = export_model(model, output_dir / "model.keras")
+            print(f"Saved {model_path}")
+            test_metrics, grid_path = _final_evaluation(config, model, records, output_dir)
     except BaseException:
         finish_tracking(exit_code=1)
         raise
