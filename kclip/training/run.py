@@ -14,7 +14,7 @@ from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_tabl
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary
 from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
-from kclip.utils.precision import resolve_precision
+from kclip.utils.precision import accelerator_scope, resolve_precision
 
 GRID_MAX_ROWS = 12
 
@@ -47,6 +47,11 @@ def train(config, callbacks=(), verbose="auto"):
 
     Returns (model, history, test_metrics).
     """
+    with accelerator_scope(getattr(config.trainer, "accelerator", "auto")):
+        return _train(config, callbacks, verbose)
+
+
+def _train(config, callbacks, verbose):
     keras.utils.set_random_seed(config.trainer.seed)
     policy = resolve_precision(config.trainer.precision)
     keras.config.set_dtype_policy(policy)

@@ -1,5 +1,8 @@
 """Choosing the dtype policy for the hardware a run is on."""
 
+import contextlib
+import warnings
+
 import keras
 
 
@@ -23,3 +26,19 @@ def _gpu_available():
 
         return bool(tf.config.list_physical_devices("GPU"))
     return False
+
+
+def accelerator_scope(accelerator="auto"):
+    """A context that runs a training on the device Lightning's `accelerator` names.
+
+    cpu: on the CPU even when a GPU is visible. gpu/cuda: a GPU, falling back to the CPU
+    with a warning when none is visible (so a Lightning command line still runs there).
+    """
+    if accelerator == "cpu":
+        return keras.device("cpu")
+    if accelerator in ("gpu", "cuda") and not _gpu_available():
+        warnings.warn(f"trainer.accelerator={accelerator!r}, but no GPU is visible: training on the CPU.",
+                      stacklevel=2)
+    elif accelerator not in ("auto", "gpu", "cuda"):
+        raise ValueError(f"trainer.accelerator must be auto, cpu, gpu or cuda, got {accelerator!r}.")
+    return contextlib.nullcontext()
