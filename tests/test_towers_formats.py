@@ -29,6 +29,7 @@ from tests.torch_references import (  # noqa: E402
     import_transformers,
     randomize_batch_norm,
     save_timm_folder,
+    write_hf_distilbert,
 )
 
 transformers = import_transformers()
@@ -41,25 +42,7 @@ def import_timm():
         pytest.skip(f"timm cannot be imported here ({type(error).__name__}: {error})")
     return timm
 
-WORDS = ["a", "red", "circle", "blue", "square", "dog", "runs", "on", "the", "beach", "##s", "cafe"]
 CAPTIONS = ["a red circle", "the dog runs on the beach", "blue squares", "a café"]
-
-
-def write_hf_distilbert(folder, seed=0):
-    """A random-init DistilBertModel and its tokenizer, saved as save_pretrained does."""
-    torch.manual_seed(seed)
-    vocab = folder / "vocab.txt"
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
-    tokenizer = transformers.DistilBertTokenizer(vocab=str(vocab), do_lower_case=True)
-    config = transformers.DistilBertConfig(
-        vocab_size=len(WORDS) + 5, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-        max_position_embeddings=64, dropout=0.0, attention_dropout=0.0,
-    )
-    model = transformers.DistilBertModel(config).eval()
-    model.save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return model, tokenizer
 
 
 def write_timm_resnet(folder, architecture="resnet50", seed=0, writer="reference"):

@@ -172,3 +172,25 @@ def import_transformers():
     import transformers
 
     return transformers
+
+
+WORDS = ["a", "red", "circle", "blue", "square", "dog", "runs", "on", "the", "beach", "##s", "cafe"]
+
+
+def write_hf_distilbert(folder, seed=0, dropout=0.0, initializer_range=0.02):
+    """A random-init DistilBertModel and its tokenizer, saved as save_pretrained does."""
+    transformers = import_transformers()
+    torch.manual_seed(seed)
+    vocab = folder / "vocab.txt"
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    tokenizer = transformers.DistilBertTokenizer(vocab=str(vocab), do_lower_case=True)
+    config = transformers.DistilBertConfig(
+        vocab_size=len(WORDS) + 5, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
+        max_position_embeddings=64, dropout=dropout, attention_dropout=dropout,
+        initializer_range=initializer_range,
+    )
+    model = transformers.DistilBertModel(config).eval()
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return model, tokenizer
