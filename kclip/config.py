@@ -95,8 +95,9 @@ class TrainerConfig:
     precision: Literal[
         "auto", "float32", "mixed_bfloat16", "mixed_float16", "16", "16-mixed", "bf16", "bf16-mixed", "32", "32-true"
     ] = "auto"
-    """auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU. Lightning's names map: 16 and 16-mixed to
-    mixed_float16, bf16 and bf16-mixed to mixed_bfloat16, 32 and 32-true to float32."""
+    """auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU. Lightning's names map: bf16 and bf16-mixed to
+    mixed_bfloat16, 32 and 32-true to float32; 16 and 16-mixed to mixed_float16 on a GPU and, as in
+    Lightning, to mixed_bfloat16 (with a warning) on a CPU."""
     logger: Literal["wandb", "none", "WandbLogger", "False"] = "wandb"
     """wandb: online when logged in, else offline (sync later); none: no W&B at all."""
     wandb_project: str = "kclip"
@@ -179,8 +180,8 @@ def namespace_to_config(parser, namespace):
     ))
 
 
-LIGHTNING_PRECISION = {"16": "mixed_float16", "16-mixed": "mixed_float16", "bf16": "mixed_bfloat16",
-                       "bf16-mixed": "mixed_bfloat16", "32": "float32", "32-true": "float32"}
+# "16" and "16-mixed" stay as they are: they depend on the hardware (kclip.utils.precision).
+LIGHTNING_PRECISION = {"bf16": "mixed_bfloat16", "bf16-mixed": "mixed_bfloat16", "32": "float32", "32-true": "float32"}
 LIGHTNING_LOGGERS = {"WandbLogger": "wandb", "False": "none"}
 
 

@@ -6,11 +6,25 @@ import warnings
 import keras
 
 
+# Lightning's float16 names; they mean mixed_float16 on a GPU only.
+LIGHTNING_FLOAT16 = ("16", "16-mixed")
+
+
 def resolve_precision(precision="auto"):
     """auto: float16 mixed precision on a GPU, bfloat16 on a CPU.
 
+    Lightning's "16" and "16-mixed" give mixed_float16 on a GPU and, with a warning,
+    mixed_bfloat16 on a CPU.
+
     On a CPU float16 is 6-20x slower than float32 while bfloat16 is faster.
     """
+    if precision in LIGHTNING_FLOAT16:
+        # As Lightning does: float16 mixed precision is for GPUs; on a CPU it falls back to bfloat16.
+        if _gpu_available():
+            return "mixed_float16"
+        warnings.warn(f"trainer.precision={precision!r} (float16) runs only on a GPU, and none is visible: "
+                      "using mixed_bfloat16 on the CPU, as Lightning does.", stacklevel=2)
+        return "mixed_bfloat16"
     if precision != "auto":
         return precision
     return "mixed_float16" if _gpu_available() else "mixed_bfloat16"
