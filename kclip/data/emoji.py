@@ -68,11 +68,11 @@ class EmojiRenderer:
 
     def __init__(self, font_path=FONT_PATH, image_size=96):
         _require(font_path, "fonts-noto-color-emoji", "the Noto Color Emoji font")
-        self.font = ImageFont.truetype(str(font_path), _FONT_SIZE)
         self.image_size = image_size
-        # Sequences (flags, skin tones, ZWJ families) need complex text layout to combine.
-        self.layout = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
-        self.font = ImageFont.truetype(str(font_path), _FONT_SIZE, layout_engine=self.layout)
+        # Sequences (flags, skin tones, ZWJ families) need complex text layout (libraqm) to
+        # combine; without it they come out as several glyphs and are skipped.
+        layout = ImageFont.Layout.RAQM if features.check("raqm") else ImageFont.Layout.BASIC
+        self.font = ImageFont.truetype(str(font_path), _FONT_SIZE, layout_engine=layout)
         self._missing = self._draw("\U000e0000")  # a code point no font draws: the .notdef box
 
     def _draw(self, text):
