@@ -134,3 +134,17 @@ def test_embedding_dims_that_do_not_match_the_towers_name_both_numbers(tmp_path,
                            "distilbert-base-uncased", "--model.text_embedding_dims", "512"])
     with pytest.raises(ValueError, match=r"text_embedding_dims is 512, but .* gives 768-wide"):
         build_dual_encoder(config.model, sequence_length=16)
+
+
+def test_accelerator_cpu_places_variables_on_the_cpu(monkeypatch):
+    import keras
+
+    from kclip.utils import precision
+
+    with precision.accelerator_scope("cpu"):
+        variable = keras.Variable([1.0, 2.0])
+    if keras.config.backend() == "torch":
+        assert variable.value.device.type == "cpu"
+    monkeypatch.setattr(precision, "_gpu_available", lambda: False)
+    with pytest.warns(UserWarning, match="no GPU is visible"):
+        precision.accelerator_scope("gpu")
