@@ -93,12 +93,13 @@ class TrainerConfig:
     max_epochs: int = 20
     steps_per_epoch: Optional[int] = None
     precision: Literal[
-        "auto", "float32", "mixed_bfloat16", "mixed_float16", "16", "16-mixed", "bf16", "bf16-mixed", "32", "32-true"
+        "auto", "float32", "mixed_bfloat16", "mixed_float16", "16", "16-mixed", "bf16", "bf16-mixed", "32", "32-true",
+        16, 32,
     ] = "auto"
     """auto: mixed_float16 on a GPU, mixed_bfloat16 on a CPU. Lightning's names map: bf16 and bf16-mixed to
     mixed_bfloat16, 32 and 32-true to float32; 16 and 16-mixed to mixed_float16 on a GPU and, as in
     Lightning, to mixed_bfloat16 (with a warning) on a CPU."""
-    logger: Literal["wandb", "none", "WandbLogger", "False"] = "wandb"
+    logger: Literal["wandb", "none", "WandbLogger", "False", False] = "wandb"
     """wandb: online when logged in, else offline (sync later); none: no W&B at all."""
     wandb_project: str = "kclip"
     seed: int = 42
@@ -191,19 +192,20 @@ def apply_lightning_names(config):
     Aliases become KerasHub preset names (an unknown alias is an error naming the known
     ones), precision and logger names become kclip's.
     """
-    from kclip.models.towers import resolve_alias  # keras is imported only when aliases are used
-
     model, trainer = config.model, config.trainer
     for kind in ("image", "text"):
         alias = getattr(model, f"{kind}_encoder_alias")
         if alias is None:
             continue
+        from kclip.models.towers import resolve_alias  # imports keras: only when an alias is used
+
         if getattr(model, f"{kind}_encoder_config") is not None:
             raise ValueError(
                 f"model.{kind}_encoder_alias={alias!r} names a pretrained preset, but "
                 f"model.{kind}_encoder_config asks for a from-scratch tower; set only one."
             )
         setattr(model, f"{kind}_encoder", resolve_alias(alias, kind))
-    trainer.precision = LIGHTNING_PRECISION.get(str(trainer.precision), trainer.precision)
-    trainer.logger = LIGHTNING_LOGGERS.get(trainer.logger, trainer.logger)
+    trainer.precision = str(trainer.precision)  # YAML reads Lightning's `precision: 16` as a number
+    trainer.precision = LIGHTNING_PRECISION.get(trainer.precision, trainer.precision)
+    trainer.logger = LIGHTNING_LOGGERS.get(str(trainer.logger), trainer.logger)
     return config

@@ -72,6 +72,15 @@ def test_lightning_precision_names(lightning, kclip):
     assert parse_config(["--trainer.precision", lightning]).trainer.precision == kclip
 
 
+def test_lightning_yaml_values_are_read(tmp_path):
+    path = tmp_path / "lightning.yaml"
+    path.write_text("trainer:\n  precision: 16\n  logger: false\n  accelerator: cpu\n")
+    config = parse_config(["--config", str(path)])
+    assert (config.trainer.precision, config.trainer.logger, config.trainer.accelerator) == ("16", "none", "cpu")
+    path.write_text("trainer:\n  precision: 32\n")
+    assert parse_config(["--config", str(path)]).trainer.precision == "float32"
+
+
 @pytest.mark.parametrize("name", ["16", "16-mixed"])
 def test_lightning_float16_needs_a_gpu(name, monkeypatch):
     from kclip.utils import precision
