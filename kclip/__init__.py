@@ -22,6 +22,7 @@ from kclip.evaluation.metrics import retrieval_metrics  # noqa: E402
 from kclip.index.index import Index, SearchResult, build_index  # noqa: E402
 from kclip.index.search import classify, search  # noqa: E402
 from kclip.models.backbone import DualEncoderBackbone  # noqa: E402
+from kclip.models.convert import convert_lightning_checkpoint  # noqa: E402
 from kclip.models.layers import ContrastiveLogits, L2Normalize, ProjectionHead  # noqa: E402
 from kclip.models.optimizers import MultiRateAdamW  # noqa: E402
 from kclip.models.preprocessor import DualEncoderPreprocessor  # noqa: E402
@@ -54,6 +55,7 @@ def load_model(path, precision="auto"):
 
 __all__ = [
     "Config",
+    "convert_lightning_checkpoint",
     "ContrastiveLogits",
     "DataConfig",
     "DualEncoder",

@@ -38,15 +38,24 @@ class ModelConfig:
     text_encoder_lr: float = 1e-5
     head_lr: float = 1e-3
     weight_decay: float = 0.0
+    # --- clip-lightning compatibility (its command-line flags, mapped onto the above) ---
+    image_encoder_alias: Optional[str] = None
+    """clip-lightning's timm name (resnet50); sets image_encoder to the matching KerasHub preset."""
+    text_encoder_alias: Optional[str] = None
+    """clip-lightning's Hugging Face name (distilbert-base-uncased); sets text_encoder likewise."""
+    image_embedding_dims: Optional[int] = None
+    """Expected width of the image tower's pooled features (2048 for ResNet50); checked when the model is built."""
+    text_embedding_dims: Optional[int] = None
+    """Expected width of the text tower's features (768 for DistilBERT base); checked when the model is built."""
 
 
 @dataclass
 class DataConfig:
     """Where the captioned images come from and how they are batched."""
 
-    dataset_name: Literal["embedded", "flickr8k", "flickr30k", "custom"] = "embedded"
+    dataset_name: Literal["embedded", "flickr8k", "flickr30k", "custom", "emoji"] = "embedded"
     dir: Optional[str] = None
-    """Data folder; for the embedded set it is generated there (default: data/embedded)."""
+    """Data folder; the embedded and emoji sets are generated there (default: data/embedded, data/emoji)."""
     artifact_id: Optional[str] = None
     """A W&B dataset artifact to download into `dir`, e.g. wandb/clip.lightning/flickr-8k:latest."""
     num_images: int = 3000
@@ -85,10 +94,15 @@ class TrainerConfig:
     steps_per_epoch: Optional[int] = None
     max_train_minutes: Optional[float] = None
     """Stop training after this many minutes of wall-clock time; a cosine schedule then follows the clock."""
-    precision: Literal["auto", "float32", "mixed_bfloat16", "mixed_float16"] = "auto"
+    precision: Literal[
+        "auto", "float32", "mixed_bfloat16", "mixed_float16", "16", "16-mixed", "bf16", "bf16-mixed", "32", "32-true",
+        16, 32,
+    ] = "auto"
     """auto: by the hardware. CPU: mixed_bfloat16 where bf16 is native (avx512_bf16, amx_bf16, ARM bf16), else
-    float32. GPU: mixed_bfloat16 from compute capability 8.0, else mixed_float16."""
-    logger: Literal["wandb", "none"] = "wandb"
+    float32. GPU: mixed_bfloat16 from compute capability 8.0, else mixed_float16. Lightning's names map: bf16 and
+    bf16-mixed to mixed_bfloat16, 32 and 32-true to float32; 16 and 16-mixed to mixed_float16 on a GPU and, with a
+    warning, to the CPU's own choice on a CPU."""
+    logger: Literal["wandb", "none", "WandbLogger", "False", False] = "wandb"
     """wandb: online when logged in, else offline (sync later); none: no W&B at all."""
     wandb_project: str = "kclip"
     seed: int = 42
@@ -117,6 +131,11 @@ class TrainerConfig:
     """Compile the train step with XLA (JAX, TensorFlow) or torch.compile; auto: on for JAX only, where it was measured faster."""
     checkpoint_model_to_wandb: bool = False
     """Upload the model to W&B each epoch (WandbModelCheckpoint): the whole file every time."""
+    # --- clip-lightning compatibility ---
+    accelerator: Literal["auto", "cpu", "gpu", "cuda"] = "auto"
+    """auto: a GPU when one is visible. cpu keeps the run on the CPU; gpu/cuda warn and fall back to the CPU when none is visible."""
+    log_every_n_steps: Optional[int] = None
+    """Send training metrics to W&B every N steps; None: once per epoch."""
 
 
 @dataclass
@@ -134,6 +153,8 @@ class Config:
         default_factory=PredictionCallbackConfig
     )
     output_dir: str = "runs/latest"
+    demo_queries: list[str] = field(default_factory=list)
+    """Free-text searches scripts/demo.py runs on the held-out pictures after training."""
 
 
 def build_parser(description="Train a kclip dual encoder."):
@@ -160,10 +181,41 @@ def parse_config(args=None, parser=None):
 
 def namespace_to_config(parser, namespace):
     values = namespace.as_dict()
-    return Config(
+    return apply_lightning_names(Config(
         model=ModelConfig(**values["model"]),
         data=DataConfig(**values["data"]),
         trainer=TrainerConfig(**values["trainer"]),
         log_prediction_callback=PredictionCallbackConfig(**values["log_prediction_callback"]),
         output_dir=values["output_dir"],
-    )
+        demo_queries=list(values.get("demo_queries") or []),
+    ))
+
+
+# "16" and "16-mixed" stay as they are: they depend on the hardware (kclip.utils.precision).
+LIGHTNING_PRECISION = {"bf16": "mixed_bfloat16", "bf16-mixed": "mixed_bfloat16", "32": "float32", "32-true": "float32"}
+LIGHTNING_LOGGERS = {"WandbLogger": "wandb", "False": "none"}
+
+
+def apply_lightning_names(config):
+    """Maps clip-lightning's flag values onto kclip's own (in place); returns `config`.
+
+    Aliases become KerasHub preset names (an unknown alias is an error naming the known
+    ones), precision and logger names become kclip's.
+    """
+    model, trainer = config.model, config.trainer
+    for kind in ("image", "text"):
+        alias = getattr(model, f"{kind}_encoder_alias")
+        if alias is None:
+            continue
+        from kclip.models.towers import resolve_alias  # imports keras: only when an alias is used
+
+        if getattr(model, f"{kind}_encoder_config") is not None:
+            raise ValueError(
+                f"model.{kind}_encoder_alias={alias!r} names a pretrained preset, but "
+                f"model.{kind}_encoder_config asks for a from-scratch tower; set only one."
+            )
+        setattr(model, f"{kind}_encoder", resolve_alias(alias, kind))
+    trainer.precision = str(trainer.precision)  # YAML reads Lightning's `precision: 16` as a number
+    trainer.precision = LIGHTNING_PRECISION.get(trainer.precision, trainer.precision)
+    trainer.logger = LIGHTNING_LOGGERS.get(str(trainer.logger), trainer.logger)
+    return config

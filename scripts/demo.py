@@ -1,9 +1,13 @@
-"""The embedded demo: train, index the held-out images, report recall, search.
+"""A demo: train, index the held-out images, report recall, search.
 
-    python scripts/demo.py [config overrides, e.g. --trainer.max_epochs 5]
+    python scripts/demo.py [--config configs/emoji.yaml] [overrides, e.g. --trainer.max_epochs 5]
+
+The default config is the embedded demo (configs/demo.yaml); its free-text searches
+come from the config's `demo_queries`.
 """
 
 import os
+import re
 import sys
 
 os.environ.setdefault("KERAS_BACKEND", "torch")
@@ -12,11 +16,30 @@ import kclip  # noqa: E402
 from kclip.data.sources import link_split_images, load_records  # noqa: E402
 from kclip.evaluation.grid import render_grid  # noqa: E402
 
-FREE_QUERIES = ["a red circle to the left of a blue square", "a big yellow star"]
+DEFAULT_CONFIG = "configs/demo.yaml"
+
+
+def split_config_option(argv):
+    """(config file, the other arguments): `--config PATH` or `--config=PATH`, default configs/demo.yaml."""
+    argv, config = list(argv), DEFAULT_CONFIG
+    for i, argument in enumerate(argv):
+        if argument == "--config" and i + 1 < len(argv):
+            return argv[i + 1], argv[:i] + argv[i + 2:]
+        if argument.startswith("--config="):
+            return argument.split("=", 1)[1], argv[:i] + argv[i + 1:]
+    return config, argv
+
+
+def unseen_words(query, train_images):
+    """The words of `query` that no training caption contains."""
+    seen = {word for image in train_images for caption in image.captions
+            for word in re.findall(r"\w+", caption.lower())}
+    return [word for word in re.findall(r"\w+", query.lower()) if word not in seen]
 
 
 def main(argv):
-    config = kclip.parse_config(["--config", "configs/demo.yaml", *argv])
+    config_path, overrides = split_config_option(argv)
+    config = kclip.parse_config(["--config", config_path, *overrides])
     model, _, test_metrics = kclip.train(config)
 
     # Training has just decoded and checked every image; only the split lists are needed.
@@ -28,11 +51,16 @@ def main(argv):
 
     # Captions of held-out images have a known answer; free queries show open search.
     samples = [(image.captions[0], path) for path, image in list(held_out.items())[:4]]
-    samples += [(query, None) for query in FREE_QUERIES]
+    samples += [(query, None) for query in config.demo_queries]
+    train_images = records.for_split("train")
     rows = []
     for query, truth in samples:
         results = kclip.search(query, model=model, index=index, top_k=5)
-        print(f"\n{query!r}" + (f"  (true image: {truth.name})" if truth else ""))
+        note = f"  (true image: {truth.name})" if truth else ""
+        if truth is None:
+            unseen = unseen_words(query, train_images)
+            note = f"  (words in no training caption: {', '.join(unseen) or 'none'})"
+        print(f"\n{query!r}{note}")
         for result in results:
             mark = "  <- true image" if truth and result.path.name == truth.name else ""
             print(f"  {result.score:.3f}  {result.path.name}{mark}")

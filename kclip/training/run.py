@@ -17,6 +17,7 @@ from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
 from kclip.utils.files import write_json
 from kclip.utils.precision import explain_precision
+from kclip.utils.precision import accelerator_scope
 
 GRID_MAX_ROWS = 12
 
@@ -59,6 +60,11 @@ def train(config, callbacks=(), verbose="auto"):
 
     Returns (model, history, test_metrics).
     """
+    with accelerator_scope(getattr(config.trainer, "accelerator", "auto")):
+        return _train(config, callbacks, verbose)
+
+
+def _train(config, callbacks, verbose):
     keras.utils.set_random_seed(config.trainer.seed)
     policy, why = explain_precision(config.trainer.precision)
     print(f"Precision: {policy} ({why}).", flush=True)

@@ -156,7 +156,7 @@ def wandb_callbacks(config, output_dir, recall):
             max_sentences=config.log_prediction_callback.max_sentences,
             max_matches=config.log_prediction_callback.max_matches,
         ))
-    callbacks.append(WandbMetricsLogger(log_freq="epoch"))
+    callbacks.append(WandbMetricsLogger(log_freq=config.trainer.log_every_n_steps or "epoch"))
     if config.trainer.checkpoint_model_to_wandb:
         callbacks.append(WandbModelCheckpoint(str(output_dir / "wandb_checkpoint.keras")))
     return callbacks

@@ -15,15 +15,19 @@ backend; on torch, oneDNN must also agree that it has bf16 kernels. `KCLIP_CPU_B
 overrides the probe.
 """
 
+import contextlib
 import functools
 import os
 import platform
 import subprocess
+import warnings
 
 import keras
 
 HALF_POLICIES = ("mixed_bfloat16", "mixed_float16")
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+# Lightning's float16 names (trainer.precision 16): mixed_float16 is for GPUs only.
+LIGHTNING_FLOAT16 = ("16", "16-mixed")
 
 
 @functools.lru_cache(maxsize=1)
@@ -119,9 +123,19 @@ def gpu_compute_capability():
 
 def explain_precision(precision="auto"):
     """(policy, reason): `auto` resolved for this hardware, in words for the run's log."""
+    capability = gpu_compute_capability()
+    if precision in LIGHTNING_FLOAT16:
+        if capability is not None:
+            return "mixed_float16", f"trainer.precision={precision} on a GPU"
+        # Lightning falls back to bf16 on a CPU; kclip takes the CPU's fast choice instead, which is
+        # float32 where bf16 would be emulated.
+        native, reason = cpu_bf16_support()
+        policy = "mixed_bfloat16" if native else "float32"
+        warnings.warn(f"trainer.precision={precision!r} (float16) runs only on a GPU, and none is visible: "
+                      f"using {policy} on the CPU ({reason}).", stacklevel=2)
+        return policy, f"trainer.precision={precision} without a GPU; {reason}"
     if precision != "auto":
         return precision, "set in the config"
-    capability = gpu_compute_capability()
     if capability is not None:
         if capability >= (8, 0):
             return "mixed_bfloat16", f"GPU compute capability {capability[0]}.{capability[1]} has bf16"
@@ -153,3 +167,23 @@ def inference_policy(saved_policy):
         native, reason = cpu_bf16_support()
         return ("mixed_bfloat16" if native else "float32"), reason
     return "float32", "float16 is not native on a CPU"
+
+
+def _gpu_available():
+    return gpu_compute_capability() is not None
+
+
+def accelerator_scope(accelerator="auto"):
+    """A context that runs a training on the device Lightning's `accelerator` names.
+
+    cpu: on the CPU even when a GPU is visible. gpu/cuda: a GPU, falling back to the CPU
+    with a warning when none is visible (so a Lightning command line still runs there).
+    """
+    if accelerator == "cpu":
+        return keras.device("cpu")
+    if accelerator in ("gpu", "cuda") and not _gpu_available():
+        warnings.warn(f"trainer.accelerator={accelerator!r}, but no GPU is visible: training on the CPU.",
+                      stacklevel=2)
+    elif accelerator not in ("auto", "gpu", "cuda"):
+        raise ValueError(f"trainer.accelerator must be auto, cpu, gpu or cuda, got {accelerator!r}.")
+    return contextlib.nullcontext()
