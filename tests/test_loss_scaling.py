@@ -47,7 +47,7 @@ def test_overflowing_steps_are_skipped_and_halve_the_scale():
     model, losses = run(initial_scale=2.0**127, steps=1)
     assert all(np.array_equal(w.numpy(), u) for w, u in zip(model.trainable_weights, untouched))
     assert float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale)) == 2.0**126
-    model, losses = run(initial_scale=2.0**127, steps=40)
+    model, losses = run(initial_scale=2.0**127, steps=12)
     scale = float(keras.ops.convert_to_numpy(model.optimizer.dynamic_scale))
     # It came down (one halving per skipped step) to where gradients are finite, and stayed.
     assert scale < 2.0**126 and np.log2(scale) == int(np.log2(scale)), scale
