@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 from backend_worker import training_batches  # noqa: E402
 from helpers import tiny_model  # noqa: E402
 from kclip.models import losses  # noqa: E402
-from kclip.training import distribution  # noqa: E402
+from kclip.backends.jax import distribution  # noqa: E402
 
 GLOBAL_BATCH = 8
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from kclip.training import distribution
+from kclip.backends.jax import distribution
 
 TESTS = Path(__file__).parent
 

@@ -12,7 +12,7 @@ from kclip.models.backbone import DualEncoderBackbone
 from kclip.data.image_io import load_model_image
 from kclip.models.optimizers import MultiRateAdamW
 from kclip.models.preprocessor import DualEncoderPreprocessor
-from kclip.training.distribution import undistributed
+from kclip.backends.jax.distribution import undistributed
 
 
 FLOAT_POLICIES = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 
 from kclip.evaluation.evaluate import embed_split, metrics_from_embeddings
-from kclip.training.distribution import undistributed
+from kclip.backends.jax.distribution import undistributed
 from kclip.utils.files import write_json
 
 RECALL_KEYS = ("t2i_r@1", "t2i_r@5", "t2i_r@10", "i2t_r@1", "i2t_r@5", "i2t_r@10", "rsum")
@@ -59,7 +59,7 @@ class RecallCallback(keras.callbacks.Callback):
         if not self.should_evaluate(epoch):
             logs.update({self.prefix + key: float("nan") for key in RECALL_KEYS})
             return
-        with undistributed():  # batches of any size; see kclip/training/distribution.py
+        with undistributed():  # batches of any size; see kclip/backends/jax/distribution.py
             self.embeddings = embed_split(self.model, self.images, batch_size=self.batch_size, progress=self.progress)
         self.metrics = metrics_from_embeddings(self.images, self.embeddings)
         self.evaluated_epoch = epoch

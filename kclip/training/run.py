@@ -11,8 +11,8 @@ from kclip.data.pipeline import datasets_for_training
 from kclip.data.sources import load_records
 from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_table, write_grid
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary
-from kclip.training.distribution import configure as configure_distribution
-from kclip.training.distribution import undistributed
+from kclip.backends.jax.distribution import configure as configure_distribution
+from kclip.backends.jax.distribution import undistributed
 from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
 from kclip.utils.files import write_json

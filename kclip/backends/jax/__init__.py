@@ -1,0 +1,1 @@
+"""JAX-only code: training across devices with keras.distribution (data parallel, multi-host)."""
