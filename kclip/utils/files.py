@@ -53,22 +53,13 @@ def write_atomic(path, write: Callable, mode: str = "wb", encoding: str | None =
     """
     if mode not in ("w", "wb"):
         raise ValueError(f"write_atomic writes whole files; mode must be 'w' or 'wb', got {mode!r}.")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = temporary_path(path)
-    try:
-        text = {"encoding": encoding or "utf-8", "newline": newline} if mode == "w" else {}
+    text = {"encoding": encoding or "utf-8", "newline": newline} if mode == "w" else {}
+
+    def save(temporary):
         with open(temporary, mode, **text) as handle:
             write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        # mkstemp makes the file 0600; give it the permissions a plain open() would have.
-        os.chmod(temporary, 0o666 & ~_UMASK)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_directory(path.parent)
-    return path
+
+    return write_file_atomic(path, save)
 
 
 def write_file_atomic(path, save: Callable[[Path], object]) -> Path:
