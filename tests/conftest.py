@@ -26,3 +26,13 @@ def pytest_collection_modifyitems(config, items):
 def _kclip_cache_in_tmp(tmp_path_factory, monkeypatch):
     """Folder mirrors that kclip writes (kclip.models.hf_folders) stay out of the home folder."""
     monkeypatch.setenv("KCLIP_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kclip_cache"))
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy_for_each_test():
+    """Each test starts from Keras' default policy, whatever an earlier test set globally."""
+    import keras
+
+    keras.config.set_dtype_policy("float32")
+    yield
+    keras.config.set_dtype_policy("float32")

@@ -60,8 +60,14 @@ def train(config, callbacks=(), verbose="auto"):
 
     Returns (model, history, test_metrics).
     """
-    with accelerator_scope(getattr(config.trainer, "accelerator", "auto")):
-        return _train(config, callbacks, verbose)
+    previous_policy = keras.config.dtype_policy()
+    try:
+        with accelerator_scope(getattr(config.trainer, "accelerator", "auto")):
+            return _train(config, callbacks, verbose)
+    finally:
+        # The run's policy lives on in its model's layers; models built later in this process
+        # (an evaluation, a second run) must not inherit it silently.
+        keras.config.set_dtype_policy(previous_policy)
 
 
 def _train(config, callbacks, verbose):
