@@ -311,7 +311,18 @@ class DualEncoder(keras_hub.models.Task):
             raise ValueError(f"Unknown precision {policy!r}: choose one of {FLOAT_POLICIES}.")
         if policy == self.compute_policy:
             return self
-        backbone = self.backbone.__class__.from_config(_replace_policies(self.backbone.get_config(), policy))
+        return self.rebuilt(policy)
+
+    def rebuilt(self, policy=None):
+        """A fresh, uncompiled copy with the same weights and no optimizer state.
+
+        `policy` (default: keep each layer's own) sets the compute policy of every layer.
+        The preprocessor is shared, not rebuilt: its vocabulary lives in assets, not config.
+        """
+        config = self.backbone.get_config()
+        if policy is not None:
+            config = _replace_policies(config, policy)
+        backbone = self.backbone.__class__.from_config(config)
         backbone.set_weights(self.backbone.get_weights())
         return self.__class__(
             backbone,
