@@ -63,7 +63,7 @@ def main():
     before = cpu_fields()
     clock = Clock()
     started = time.perf_counter()
-    _, _, metrics = kclip.train(config, callbacks=[clock], verbose=0)
+    model, _, metrics = kclip.train(config, callbacks=[clock], verbose=0)
     total = time.perf_counter() - started
     after = cpu_fields()
     steps = clock.steps[5:] or clock.steps
@@ -71,7 +71,8 @@ def main():
         "benchmark": "demo_recipe",
         "name": args.name,
         "overrides": args.overrides,
-        "precision": keras.config.dtype_policy().name,
+        # The model's own policy: train() restores the global one when it returns.
+        "precision": model.dtype_policy.name,
         "image_size": config.model.image_size,
         "batch_size": config.data.train_batch_size,
         "max_epochs": config.trainer.max_epochs,

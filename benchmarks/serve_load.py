@@ -74,6 +74,27 @@ def write_random_index(model, rows: int, out_dir: Path) -> None:
     commit(out_dir, header, vectors.astype(np.float16), records, [])
 
 
+def cpu_seconds(pid: int | None = None) -> float:
+    """User + system CPU seconds of this process (pid None), or of another one and its live
+    descendants (a server's worker processes), from /proc."""
+    if pid is None:
+        times = os.times()
+        return times.user + times.system
+    stats = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    tree, total = {pid}, 0
+    for _ in range(3):  # the server, its workers, and anything they start
+        tree |= {child for child, (parent, _) in stats.items() if parent in tree}
+    total = sum(stats[member][1] for member in tree if member in stats)
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def run_clients(url: str, texts: list, clients: int, k: int) -> dict:
     latencies, errors, lock = [], [], threading.Lock()
     server_ms = {"embed": [], "search": []}  # from the Server-Timing header: time inside the server
@@ -130,6 +151,8 @@ def main(argv=None):
     parser.add_argument("--clients", type=int, default=8)
     parser.add_argument("--k", type=int, default=24)
     parser.add_argument("--backend", default="auto", choices=["auto", "exact", "ann"])
+    parser.add_argument("--compute-threads", type=int, default=1,
+                        help="the server's --compute-threads (0: the libraries' own thread defaults)")
     parser.add_argument("--note", default="", help="free text recorded with the results")
     parser.add_argument("--out", help="append the JSON lines to this file too")
     args = parser.parse_args(argv)
@@ -147,7 +170,8 @@ def main(argv=None):
         env = {**os.environ, "PYTHONPATH": str(ROOT)}
         server = subprocess.Popen(
             [sys.executable, str(ROOT / "scripts" / "serve.py"), "--model", args.model, "--index", str(index_dir),
-             "--port", str(port), "--backend", args.backend, "--log-level", "warning"],
+             "--port", str(port), "--backend", args.backend,
+             "--compute-threads", str(args.compute_threads), "--log-level", "warning"],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         url = f"http://127.0.0.1:{port}"
         try:
@@ -160,12 +184,19 @@ def main(argv=None):
                     if server.poll() is not None or time.monotonic() > deadline:
                         raise SystemExit(f"the server did not start: {server.communicate()[0][-2000:]}")
                     time.sleep(0.5)
+            # The server may still be busy starting up after its first answer: wait until it idles.
+            for _ in range(120):
+                before = cpu_seconds(server.pid)
+                time.sleep(1.0)
+                if cpu_seconds(server.pid) - before < 0.1:
+                    break
             texts = queries(args.queries)
             run_clients(url, texts[:20], 1, args.k)  # warm-up: first calls build the model's graphs
             base = {"benchmark": "serve_load", "rows": args.rows, "index_backend": info["backend"],
                     "index_dtype": "float16", "model": args.model, "vectors": "random unit",
                     "transport": "HTTP/1.1 keep-alive, loopback, uvicorn in its own process",
-                    **cpu_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"), "note": args.note}
+                    **cpu_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"),
+                    "server_compute_threads": args.compute_threads or "library default", "note": args.note}
             base["model_params"] = params
             lines = []
             floor = [time.perf_counter()]
@@ -177,7 +208,11 @@ def main(argv=None):
             base["http_floor_p50_ms"] = round(float(np.median(floor[1:])) * 1000, 2)  # GET /api/index, no model
             for clients, count in ((1, min(50, args.queries)), (args.clients, args.queries)):
                 load_before = os.getloadavg()
+                cpu_before = cpu_seconds(), cpu_seconds(server.pid)
                 result = run_clients(url, texts[:count], clients, args.k)
+                # Clients and server share the CPU: what each spends per query says where the time goes.
+                result["client_cpu_ms_per_query"] = round((cpu_seconds() - cpu_before[0]) / count * 1000, 2)
+                result["server_cpu_ms_per_query"] = round((cpu_seconds(server.pid) - cpu_before[1]) / count * 1000, 2)
                 lines.append({**base, "phase": "sequential" if clients == 1 else "concurrent", **result,
                               "load_average_before": [round(x, 2) for x in load_before],
                               "load_average_after": [round(x, 2) for x in os.getloadavg()],

@@ -29,10 +29,15 @@ def parse_args(argv=None):
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
     parser.add_argument("--backend", choices=BACKENDS, default="auto")
     parser.add_argument("--max-upload-mb", type=float, default=20.0, help="largest picture accepted as a query")
+    parser.add_argument("--compute-threads", type=int, default=1,
+                        help="threads per model op and per search (default 1: concurrent queries share the cores; "
+                             "0 keeps the libraries' own defaults)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be from 1 to 65535; got {args.port}.")
+    if args.compute_threads < 0:
+        parser.error(f"--compute-threads must be 0 or more; got {args.compute_threads}.")
     if not args.max_upload_mb > 0:
         parser.error(f"--max-upload-mb must be positive; got {args.max_upload_mb}.")
     return args
@@ -44,7 +49,7 @@ def main(argv=None, load_model=kclip.load_model, serve=kclip.serve_page):
     try:
         model = load_model(args.model)
         serve(model, args.index, host=args.host, port=args.port, backend=args.backend, log_level=args.log_level,
-              max_upload_bytes=int(args.max_upload_mb * 2**20))
+              compute_threads=args.compute_threads or None, max_upload_bytes=int(args.max_upload_mb * 2**20))
     except (ValueError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -4,7 +4,7 @@ import pytest
 from PIL import Image
 
 from kclip.data.layouts import CaptionedImage
-from kclip.data.pipeline import training_dataset
+from kclip.data.pipeline import repeated_for_fit, training_dataset
 
 
 @pytest.fixture(scope="module")
@@ -65,3 +65,32 @@ def test_all_captions_mode_yields_every_caption_with_its_image_id(images):
 def test_batch_larger_than_the_split_is_a_clear_error(images):
     with pytest.raises(ValueError, match="lower data.train_batch_size"):
         training_dataset(images, RESIZING, 8, batch_size=64)
+
+
+def test_a_repeated_dataset_keeps_epochs_apart_as_separate_passes_did(images):
+    """fit is told the epoch length and reads one repeated iterator: every run of
+    `length` batches must still be one whole, reshuffled pass with fresh captions."""
+    single = training_dataset(images, RESIZING, 8, batch_size=3, seed=1)
+    repeated, steps = repeated_for_fit(training_dataset(images, RESIZING, 8, batch_size=3, seed=1))
+    assert steps == 2
+    batches = [(batch["captions"].numpy().tolist(), ids.numpy().tolist()) for batch, ids in repeated.take(3 * steps)]
+    passes = [batches[i * steps:(i + 1) * steps] for i in range(3)]
+    for one_pass in passes:
+        assert sorted(i for _, ids in one_pass for i in ids) == list(range(6))
+    orders = [[i for _, ids in one_pass for i in ids] for one_pass in passes]
+    captions = [[c for caps, _ in one_pass for c in caps] for one_pass in passes]
+    assert len({tuple(order) for order in orders}) > 1, "every pass came in the same order"
+    assert len({tuple(sorted(c)) for c in captions}) > 1, "every pass drew the same captions"
+    # The same passes as iterating the unrepeated dataset epoch by epoch.
+    for one_pass, epoch in zip(passes, epochs(single, 3)):
+        assert [ids for _, ids in one_pass] == [ids.tolist() for _, _, ids in epoch]
+
+
+def test_a_dataset_of_unknown_length_is_left_alone():
+    import tensorflow as tf
+
+    unknown = tf.data.Dataset.range(10).filter(lambda x: x % 2 == 0)
+    dataset, steps = repeated_for_fit(unknown, steps_per_epoch=None)
+    assert dataset is unknown and steps is None
+    _, steps = repeated_for_fit(tf.data.Dataset.range(10).batch(5), steps_per_epoch=7)
+    assert steps == 7  # the user's own count wins

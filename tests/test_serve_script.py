@@ -28,8 +28,13 @@ def test_arguments_reach_the_server_and_abbreviations_are_refused():
     assert (model, index) == ("model from m.keras", "idx")
     assert options["host"] == "127.0.0.1" and options["port"] == 9123
     assert options["max_upload_bytes"] == 2 * 2**20
+    assert options["compute_threads"] == 1  # one thread per op unless asked
+    serve_script.main(["--model", "m", "--index", "i", "--compute-threads", "0"], load_model=lambda path: None,
+                      serve=lambda model, index, **options: calls.append(options))
+    assert calls[-1]["compute_threads"] is None  # 0: the libraries' own defaults
     for argv in (["--model", "m", "--ind", "i"], ["--model", "m", "--index", "i", "--port", "0"],
-                 ["--model", "m", "--index", "i", "--max-upload-mb", "0"]):
+                 ["--model", "m", "--index", "i", "--max-upload-mb", "0"],
+                 ["--model", "m", "--index", "i", "--compute-threads", "-1"]):
         with pytest.raises(SystemExit) as exit_info:
             serve_script.parse_args(argv)
         assert exit_info.value.code == 2
@@ -77,3 +82,22 @@ def test_the_command_serves_a_saved_model_and_warns_about_open_hosts(tmp_path):
         process.terminate()
         output = process.communicate(timeout=30)[0]
     assert "other machines can reach" in output
+
+
+def test_serving_limits_threads_per_request_and_restores_them_after():
+    import faiss
+    import keras
+
+    from kclip.serve.server import threads_per_request
+
+    torch_threads = None
+    if keras.config.backend() == "torch":
+        import torch
+
+        torch_threads = torch.get_num_threads
+    before = (torch_threads() if torch_threads else None, faiss.omp_get_max_threads())
+    with threads_per_request(1):
+        assert faiss.omp_get_max_threads() == 1
+        if torch_threads:
+            assert torch_threads() == 1
+    assert (torch_threads() if torch_threads else None, faiss.omp_get_max_threads()) == before

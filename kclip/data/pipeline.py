@@ -236,3 +236,19 @@ def datasets_for_training(records, data_config, resizing, image_size, seed=0):
         validation = read("validation", min(data_config.val_batch_size, validation_count), cache=data_config.cache,
                           shuffle=False, drop_remainder=False)
     return train, validation
+
+
+def repeated_for_fit(dataset, steps_per_epoch=None):
+    """(dataset repeated, steps per epoch) when the dataset's length is known, for `fit`.
+
+    Left to find each epoch's end itself, Keras on torch runs the iterator dry, and on a
+    2-core CPU that end costs about 2 s per epoch while the training threads hold the
+    cores (demo recipe: 5.5 s epochs became 3.7 s; benchmarks/results/demo-recipes-*.jsonl).
+    Told the length, Keras keeps one iterator across epochs; each pass of the repeat is
+    reshuffled and draws new captions, as a new epoch did before. A dataset of unknown
+    length (a TFDS read) is returned as it is.
+    """
+    length = int(dataset.cardinality())
+    if length <= 0:  # tf.data.UNKNOWN_CARDINALITY (-2), INFINITE (-1), or empty
+        return dataset, steps_per_epoch
+    return dataset.repeat(), steps_per_epoch or length

@@ -48,6 +48,16 @@ def _faiss():
     return faiss
 
 
+def limit_search_threads(count: int | None) -> int:
+    """Sets faiss' OpenMP threads per search (one, in a server that runs many searches at once;
+    None changes nothing); returns the count before."""
+    faiss = _faiss()
+    previous = faiss.omp_get_max_threads()
+    if count is not None:
+        faiss.omp_set_num_threads(int(count))
+    return previous
+
+
 def ann_file_stem(metadata: dict) -> str:
     return f"ann-{metadata['embeddings_sha256'][:16]}"
 

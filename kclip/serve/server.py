@@ -5,6 +5,7 @@ with no login in front; that is allowed, since it is sometimes wanted, but it is
 """
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import logging
 import socket
@@ -42,20 +43,48 @@ def check_host(host: str) -> None:
 
 
 def serve_page(model, index_dir, host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, log_level: str = "info",
-          **app_options) -> None:
+               compute_threads: int | None = 1, **app_options) -> None:
     """Serve the search page for the index in `index_dir` until interrupted (Ctrl+C).
 
     model: the model that built the index (a DualEncoder, or the path of its .keras file).
+    compute_threads: threads each model op and each ANN search may use (default 1: concurrent
+        requests, not one request's ops, share the cores; see `limit_compute_threads`); None
+        leaves the libraries' defaults.
     app_options go to kclip.serve.create_app (backend, max_upload_bytes, thumbnail_side).
     """
     check_host(host)
+    if compute_threads is not None and compute_threads < 1:
+        raise ValueError(f"compute_threads must be 1 or more (or None), got {compute_threads}.")
     if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
-        import keras
+        from kclip import load_model
 
-        model = keras.saving.load_model(model)
+        model = load_model(model)
     app = create_app(model, index_dir, **app_options)
     print(f"kclip search page: http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl+C stops it)")
-    uvicorn.run(app, host=host, port=port, log_level=log_level)
+    with threads_per_request(compute_threads):
+        uvicorn.run(app, host=host, port=port, log_level=log_level)
+
+
+@contextlib.contextmanager
+def threads_per_request(count: int | None):
+    """Model ops and ANN searches on at most `count` threads while serving; restored after."""
+    if count is None:
+        yield
+        return
+    from kclip.backends.torch.levers import limit_compute_threads
+    from kclip.index.ann import limit_search_threads
+
+    # faiss and torch may share one OpenMP runtime, so setting one moves the other: read
+    # both counts before setting either, and restore in the reverse order.
+    previous_search, previous_compute = limit_search_threads(None), limit_compute_threads(None)
+    limit_search_threads(count)
+    limit_compute_threads(count)
+    try:
+        yield
+    finally:
+        limit_search_threads(previous_search)
+        if previous_compute is not None:
+            limit_compute_threads(previous_compute)
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:

@@ -7,7 +7,7 @@ from pathlib import Path
 import keras
 
 from kclip.backends.torch.levers import training_levers
-from kclip.data.pipeline import datasets_for_training
+from kclip.data.pipeline import datasets_for_training, repeated_for_fit
 from kclip.data.sources import load_records
 from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_table, write_grid
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary
@@ -96,6 +96,7 @@ def _train(config, callbacks, verbose):
         config.model.image_size,
         seed=config.trainer.seed,
     )
+    train_data, steps_per_epoch = repeated_for_fit(train_data, config.trainer.steps_per_epoch)
     test_metrics, grid_path = None, None
     try:
         callbacks = [*training_callbacks(config, output_dir, validation_images), *callbacks]
@@ -109,7 +110,7 @@ def _train(config, callbacks, verbose):
                 train_data,
                 validation_data=validation_data,
                 epochs=config.trainer.max_epochs,
-                steps_per_epoch=config.trainer.steps_per_epoch,
+                steps_per_epoch=steps_per_epoch,
                 callbacks=callbacks,
                 verbose=verbose,
             )

@@ -1,4 +1,5 @@
-"""The torch-only training levers, switched on together while `fit` runs."""
+"""The torch-only levers: the training ones, switched on together while `fit` runs, and the
+server's thread setting."""
 
 import contextlib
 
@@ -23,3 +24,22 @@ def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fa
         release_intermediates
     ), conv_layout.enabled(fast_conv_kernels):
         yield
+
+
+def limit_compute_threads(count):
+    """Run each torch op on at most `count` threads (None changes nothing); returns the count before.
+
+    A search server answers many small queries at once. Splitting each tiny op over every core
+    only makes the requests' threads wait on one another (2 cores, 8 clients, median of 3
+    interleaved runs: p50 38.0 ms with torch's default threads, 36.3 ms with one;
+    benchmarks/results/serve-load-2026-11-30.jsonl), so the server runs each op on one thread
+    and gets its parallelism from concurrent requests. No-op on other backends.
+    """
+    if keras.config.backend() != "torch":
+        return None
+    import torch
+
+    previous = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(int(count))
+    return previous
