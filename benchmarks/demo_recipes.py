@@ -11,7 +11,6 @@ recall is not.
 """
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -24,7 +23,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 
 import kclip  # noqa: E402
-from harness import cpu_fields  # noqa: E402
+from harness import cpu_fields, emit  # noqa: E402
 
 
 class Clock(keras.callbacks.Callback):
@@ -88,10 +87,7 @@ def main():
         "loadavg_1m_end": after["loadavg_1m"],
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    print(json.dumps(line), flush=True)
-    if args.out:
-        with open(args.out, "a") as file:
-            file.write(json.dumps(line) + "\n")
+    emit(line, args.out)
 
 
 if __name__ == "__main__":

@@ -99,6 +99,14 @@ def time_steps(step, warmup, steps, synchronize=lambda: None):
     return times
 
 
+def emit(line, out=None):
+    """Prints one result line as JSON and, with `out`, appends it to that file."""
+    print(json.dumps(line), flush=True)
+    if out:
+        with open(out, "a") as file:
+            file.write(json.dumps(line) + "\n")
+
+
 def report(name, times, batch_size, **fields):
     median = statistics.median(times)
     line = {

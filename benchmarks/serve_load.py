@@ -190,8 +190,12 @@ def main(argv=None):
                 time.sleep(1.0)
                 if cpu_seconds(server.pid) - before < 0.1:
                     break
-            texts = queries(args.queries)
-            run_clients(url, texts[:20], 1, args.k)  # warm-up: first calls build the model's graphs
+            # Warm-up, sequential and concurrent phases get different texts: the server keeps recent
+            # texts' embeddings, and a text seen before would be answered without the model.
+            sequential_count = min(50, args.queries)
+            texts = queries(20 + sequential_count + args.queries)
+            warmup, texts = texts[:20], texts[20:]
+            run_clients(url, warmup, 1, args.k)  # warm-up: first calls build the model's graphs
             base = {"benchmark": "serve_load", "rows": args.rows, "index_backend": info["backend"],
                     "index_dtype": "float16", "model": args.model, "vectors": "random unit",
                     "transport": "HTTP/1.1 keep-alive, loopback, uvicorn in its own process",
@@ -206,10 +210,13 @@ def main(argv=None):
                     http.get("/api/index").raise_for_status()
                     floor.append(time.perf_counter() - started)
             base["http_floor_p50_ms"] = round(float(np.median(floor[1:])) * 1000, 2)  # GET /api/index, no model
-            for clients, count in ((1, min(50, args.queries)), (args.clients, args.queries)):
+            phases = ((1, texts[:sequential_count]), (args.clients, texts[sequential_count:]))
+            for clients, phase_texts in phases:
+                count = len(phase_texts)
                 load_before = os.getloadavg()
                 cpu_before = cpu_seconds(), cpu_seconds(server.pid)
-                result = run_clients(url, texts[:count], clients, args.k)
+                result = run_clients(url, phase_texts, clients, args.k)
+                result["distinct_texts"] = len(set(phase_texts))
                 # Clients and server share the CPU: what each spends per query says where the time goes.
                 result["client_cpu_ms_per_query"] = round((cpu_seconds() - cpu_before[0]) / count * 1000, 2)
                 result["server_cpu_ms_per_query"] = round((cpu_seconds(server.pid) - cpu_before[1]) / count * 1000, 2)

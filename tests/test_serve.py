@@ -236,6 +236,30 @@ def test_texts_waiting_for_the_model_are_embedded_together_each_getting_its_own_
         assert vector.shape == (1, 4) and np.allclose(vector[0], colour_embedding(COLOURS[colour]))
 
 
+def test_a_repeated_text_is_answered_from_the_cache_without_the_model():
+    class Counting(FakeEncoder):
+        texts = []
+
+        def encode_text(self, texts, batch_size=32):
+            self.texts.extend(texts)
+            return super().encode_text(texts, batch_size)
+
+    encoder = Counting()
+    runner = ModelRunner(encoder, cache_size=2)
+    first = runner.encode_text("red")
+    again = runner.encode_text("red")  # the next page of the same search
+    assert encoder.texts == ["red"]
+    np.testing.assert_array_equal(again, first)
+    again[0, 0] = 99.0  # a caller's change must not reach the cache
+    assert runner.encode_text("red")[0, 0] == first[0, 0]
+    runner.encode_text("blue")
+    runner.encode_text("green")  # holds two: "red" was the least recently used, and goes
+    runner.encode_text("red")
+    assert encoder.texts == ["red", "blue", "green", "red"]
+    assert np.allclose(runner.encode_text("green")[0], colour_embedding(COLOURS["green"]))
+    assert encoder.texts == ["red", "blue", "green", "red"]
+
+
 def test_unexpected_errors_answer_without_a_stack_trace(index_dir):
     class Broken(FakeEncoder):
         def encode_text(self, texts, batch_size=32):

@@ -60,6 +60,8 @@ def serve_page(model, index_dir, host: str = DEFAULT_HOST, port: int = DEFAULT_P
 
         model = load_model(model)
     app = create_app(model, index_dir, **app_options)
+    with threads_per_request(compute_threads):
+        app.state.runner.warm_up()
     print(f"kclip search page: http://{'[' + host + ']' if ':' in host else host}:{port}/  (Ctrl+C stops it)")
     with threads_per_request(compute_threads):
         uvicorn.run(app, host=host, port=port, log_level=log_level)

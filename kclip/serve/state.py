@@ -10,6 +10,7 @@ import hashlib
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -162,18 +163,38 @@ class ModelRunner:
     Text queries that arrive while the model is busy wait in a queue; the next thread to get the model
     embeds every waiting text in one batch (up to max_batch), which costs little more than one text,
     and hands each request its own row. So concurrent clients are not served strictly one by one.
+
+    The last `cache_size` texts' embeddings are kept: the next page of a search, going back, or a
+    shared link asks for the same text again, and the model's answer for it cannot change.
+
+    On torch, a kclip model's text tower runs as a traced graph (`traced_text=True`,
+    kclip.backends.torch.traced_text): the same numbers without Keras' per-layer Python.
     """
 
-    def __init__(self, model, max_batch: int = 32):
+    def __init__(self, model, max_batch: int = 32, cache_size: int = 1024, traced_text: bool = True):
         self.model = model
+        self._encode_texts = None  # the model's own encode_text
+        self._traced = None
+        if traced_text and hasattr(model, "preprocessor") and hasattr(model, "_encoder"):
+            from kclip.backends.torch.traced_text import TracedTextEncoder
+
+            self._traced = TracedTextEncoder(model)
+            self._encode_texts = self._traced.encode
         self.max_batch = int(max_batch)
         self.fingerprint = str(model.fingerprint())
         self._model_lock = threading.Lock()
         self._queue_lock = threading.Lock()
         self._pending: list[_TextRequest] = []
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_size = int(cache_size)
 
     def encode_text(self, text: str) -> np.ndarray:
         """(1, dim) embedding of one text."""
+        with self._queue_lock:
+            cached = self._cache.get(text)
+            if cached is not None:
+                self._cache.move_to_end(text)
+                return cached[None].copy()
         request = _TextRequest(text)
         with self._queue_lock:
             self._pending.append(request)
@@ -188,17 +209,35 @@ class ModelRunner:
 
     def _run(self, batch: list) -> None:
         try:
-            vectors = np.asarray(self.model.encode_text([request.text for request in batch]), dtype=np.float32)
+            encode = self._encode_texts or self.model.encode_text
+            vectors = np.asarray(encode([request.text for request in batch]), dtype=np.float32)
             if len(vectors) != len(batch):
                 raise ValueError(f"model.encode_text returned {len(vectors)} rows for {len(batch)} texts.")
             for request, vector in zip(batch, vectors):
                 request.vector = vector
+            self._remember(batch)
         except Exception as error:  # every waiting request hears of it, not only the one that ran the batch
             for request in batch:
                 request.error = error
         finally:
             for request in batch:
                 request.done = True
+
+    def warm_up(self) -> None:
+        """Prepare the traced text tower for short queries before the first request (a few seconds)."""
+        if self._traced is not None:
+            with self._model_lock:
+                self._traced.warm_up(max_rows=min(8, self.max_batch))
+
+    def _remember(self, batch: list) -> None:
+        if self._cache_size < 1:
+            return
+        with self._queue_lock:
+            for request in batch:
+                self._cache[request.text] = request.vector
+                self._cache.move_to_end(request.text)
+            while len(self._cache) > self._cache_size:
+                self._cache.popitem(last=False)
 
     def encode_image(self, image: np.ndarray) -> np.ndarray:
         with self._model_lock:
