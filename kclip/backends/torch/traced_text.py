@@ -64,7 +64,7 @@ class TracedTextEncoder:
             return self.model.encode_text(texts)
         with torch.inference_mode():
             embeddings = traced(token_ids, padding_mask)[: len(texts)]
-        return np.asarray(embeddings.float().numpy(), dtype="float32")
+        return np.asarray(embeddings.float().cpu().numpy(), dtype="float32")
 
     def warm_up(self, max_rows=8, max_tokens=32):
         """Trace the shapes short queries arrive in (rows 1, 2, 4, ... max_rows; tokens 8, 16, ...
