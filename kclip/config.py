@@ -8,6 +8,7 @@ and an unknown or mistyped key is rejected with its name.
 from dataclasses import dataclass, field
 from typing import Literal, Optional, Union
 
+import yaml
 from jsonargparse import ActionConfigFile, ArgumentParser
 
 
@@ -179,8 +180,27 @@ def parse_config(args=None, parser=None):
     return namespace_to_config(parser, namespace)
 
 
+def _typed_backbone_values(config):
+    """A dotted flag into a free-form backbone dict (`--model.text_encoder_config.num_layers 1`)
+    reaches it as the string "1"; read such strings as YAML, as the config file's values are."""
+    if not config:
+        return config
+    typed = {}
+    for key, value in config.items():
+        if isinstance(value, str):
+            try:
+                parsed = yaml.safe_load(value)
+            except yaml.YAMLError:
+                parsed = value
+            value = value if isinstance(parsed, str) or parsed is None else parsed
+        typed[key] = value
+    return typed
+
+
 def namespace_to_config(parser, namespace):
     values = namespace.as_dict()
+    for key in ("image_encoder_config", "text_encoder_config"):
+        values["model"][key] = _typed_backbone_values(values["model"].get(key))
     return apply_lightning_names(Config(
         model=ModelConfig(**values["model"]),
         data=DataConfig(**values["data"]),

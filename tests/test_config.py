@@ -45,6 +45,22 @@ def test_dotted_overrides_win_over_the_file():
     assert config.model.image_encoder == "resnet_50_imagenet"  # untouched
 
 
+def test_dotted_overrides_inside_a_backbone_config_keep_their_types():
+    config = parse_config([
+        "--config", str(CONFIGS / "demo.yaml"),
+        "--model.text_encoder_config.num_layers", "1",
+        "--model.text_encoder_config.dropout", "0.2",
+        "--model.image_encoder_config.input_conv_kernel_sizes", "[7]",
+        "--model.image_encoder_config.block_type", "bottleneck_block",
+    ])
+    text, image = config.model.text_encoder_config, config.model.image_encoder_config
+    assert text["num_layers"] == 1 and isinstance(text["num_layers"], int)
+    assert text["dropout"] == 0.2
+    assert image["input_conv_kernel_sizes"] == [7]
+    assert image["block_type"] == "bottleneck_block"
+    assert text["hidden_dim"] == 128  # the file's other keys stay
+
+
 def test_unknown_key_on_the_command_line_is_named():
     with pytest.raises(ValueError, match="train_bach_size"):
         parse_config(["--data.train_bach_size", "64"])
