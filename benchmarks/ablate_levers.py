@@ -19,6 +19,7 @@ VARIANTS = {
     "defaults": [],
     "fused Adam off": ["--fused-adam", "off"],
     "fast conv kernels off": ["--fast-conv-kernels", "off"],
+    "fused attention off": ["--fused-attention", "off"],
     "release intermediates off": ["--release-intermediates", "off"],
     "fused batch norm off": ["--fused-batch-norm", "off"],
 }

@@ -87,6 +87,8 @@ def main():
                         help="free functional-graph activations after their last use (kclip.train's default: on)")
     parser.add_argument("--fast-conv-kernels", default="on", choices=["on", "off"],
                         help="conv kernels in torch's layout while training (kclip.train's default: on)")
+    parser.add_argument("--fused-attention", default="on", choices=["on", "off"],
+                        help="attention with dropout through torch's fused kernel while training (kclip.train's default: on)")
     parser.add_argument("--fused-adam", default="on", choices=["on", "off"],
                         help="torch's fused Adam kernel for MultiRateAdamW's update (kclip's default: on)")
     parser.add_argument("--sequence-length", type=int,
@@ -132,6 +134,7 @@ def main():
         fused_batch_norm_kernel=args.fused_batch_norm == "on",
         release_intermediates=args.release_intermediates == "on",
         fast_conv_kernels=args.fast_conv_kernels == "on",
+        fused_attention_kernel=args.fused_attention == "on",
     ):
         times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
     report(
@@ -146,6 +149,7 @@ def main():
         fused_batch_norm=args.fused_batch_norm,
         release_intermediates=args.release_intermediates,
         fast_conv_kernels=args.fast_conv_kernels,
+        fused_attention=args.fused_attention,
         fused_adam=args.fused_adam,
         jit_compile=args.jit_compile,
         parameters=model.count_params(),

@@ -125,6 +125,8 @@ class TrainerConfig:
     """Free each activation of a functional model after its last use while training (same math, less memory)."""
     fast_conv_kernels: bool = True
     """On torch, hand conv kernels to torch in its own layout while training (same values, faster)."""
+    fused_attention: bool = True
+    """On torch, attention with dropout runs as torch's fused kernel while training (same math, faster)."""
     # --- Backends and devices ---
     distribution: Literal["none", "data_parallel"] = "none"
     """data_parallel: keras.distribution.DataParallel over every local device (JAX only); the loss sees the global batch."""

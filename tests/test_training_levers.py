@@ -1,4 +1,4 @@
-"""The torch speed levers (fused Adam, conv kernel layout) must compute what Keras computes."""
+"""The torch speed levers (fused Adam, conv kernel layout, fused attention) must compute what Keras computes."""
 
 import keras
 import numpy as np
@@ -6,7 +6,7 @@ import pytest
 
 from helpers import seeded_model_and_batch
 from kclip.backends.torch import conv_layout
-from kclip.backends.torch import fused_adam
+from kclip.backends.torch import fused_adam, fused_attention
 from kclip.models import optimizers
 
 pytestmark = pytest.mark.torch_only  # torch kernels
@@ -62,7 +62,7 @@ def test_a_training_step_with_every_lever_matches_plain_keras():
     def step(levers):
         model, inputs, image_ids = seeded_model_and_batch()
         model.optimizer.fused = levers
-        with training_levers(levers, levers, levers):
+        with training_levers(levers, levers, levers, levers):
             losses = [float(model.train_step((inputs, image_ids))["loss"]) for _ in range(3)]
         return losses, [w.numpy() for w in model.trainable_weights]
 
@@ -71,3 +71,51 @@ def test_a_training_step_with_every_lever_matches_plain_keras():
     np.testing.assert_allclose(lever_losses, keras_losses, rtol=1e-4)
     for want, got in zip(keras_weights, lever_weights):
         np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4)
+
+
+def attention_output_and_gradients(inputs, mask, fused, training, dropout=0.1):
+    from unittest import mock
+
+    import torch
+    import torch.nn.functional as F
+
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.MultiHeadAttention(num_heads=2, key_dim=4, dropout=dropout)
+    tokens = torch.tensor(inputs, requires_grad=True)
+    spy = mock.patch.object(F, "scaled_dot_product_attention", wraps=F.scaled_dot_product_attention)
+    with fused_attention.enabled(fused), spy as kernel:
+        outputs = layer(tokens, tokens, attention_mask=torch.tensor(mask), training=training)
+    # The fused path, and only it, goes through torch's kernel: with dropout Keras never does.
+    assert kernel.called == fused
+    gradients = torch.autograd.grad((outputs**2).sum(), [tokens, *[w.value for w in layer.trainable_weights]])
+    return [outputs.detach().numpy(), *[g.numpy() for g in gradients]]
+
+
+def test_fused_attention_matches_keras_attention_with_a_padding_mask():
+    rng = np.random.default_rng(2)
+    inputs = rng.normal(size=(3, 5, 8)).astype("float32")
+    # Padding: the last keys of some captions are masked for every query, as DistilBERT masks them.
+    lengths = np.array([5, 3, 1])
+    mask = np.broadcast_to((np.arange(5)[None, :] < lengths[:, None])[:, None, :], (3, 5, 5)).copy()
+    # Without dropout noise (training=False) both paths are deterministic and must agree.
+    for want, got in zip(attention_output_and_gradients(inputs, mask, False, training=False),
+                         attention_output_and_gradients(inputs, mask, True, training=False)):
+        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_fused_attention_applies_the_layers_dropout_while_training():
+    import torch
+
+    rng = np.random.default_rng(3)
+    inputs = rng.normal(size=(64, 6, 8)).astype("float32")
+    mask = np.ones((64, 6, 6), dtype=bool)
+    torch.manual_seed(0)
+    clean = attention_output_and_gradients(inputs, mask, True, training=False, dropout=0.5)[0]
+    noisy = attention_output_and_gradients(inputs, mask, True, training=True, dropout=0.5)[0]
+    # Same weights (same seed), so only dropout tells the two apart: at rate 0.5 the outputs move,
+    # and with inverted dropout their mean stays about the same.
+    assert np.abs(noisy - clean).mean() > 0.1 * np.abs(clean).mean()
+    assert abs(noisy.mean() - clean.mean()) < 0.1 * np.abs(clean).mean()
+    with fused_attention.enabled(True):  # the patch is undone when the block ends
+        pass
+    assert keras.layers.MultiHeadAttention._compute_attention.__qualname__.startswith("MultiHeadAttention.")

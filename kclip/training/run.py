@@ -105,6 +105,7 @@ def _train(config, callbacks, verbose):
             config.trainer.fused_batch_norm,
             config.trainer.release_intermediates,
             config.trainer.fast_conv_kernels,
+            config.trainer.fused_attention,
         ):
             history = model.fit(
                 train_data,

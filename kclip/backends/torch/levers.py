@@ -5,11 +5,12 @@ import contextlib
 
 import keras
 
-from kclip.backends.torch import conv_layout, fused_batch_norm, graph_memory
+from kclip.backends.torch import conv_layout, fused_attention, fused_batch_norm, graph_memory
 
 
 @contextlib.contextmanager
-def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fast_conv_kernels=True):
+def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fast_conv_kernels=True,
+                    fused_attention_kernel=True):
     """The measured speed and memory levers that apply while `fit` runs (all on by default).
 
     Each changes how the step runs, not what it computes; benchmarks/RESULTS-training.md
@@ -22,7 +23,7 @@ def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fa
         return
     with fused_batch_norm.enabled(fused_batch_norm_kernel), graph_memory.enabled(
         release_intermediates
-    ), conv_layout.enabled(fast_conv_kernels):
+    ), conv_layout.enabled(fast_conv_kernels), fused_attention.enabled(fused_attention_kernel):
         yield
 
 
