@@ -46,3 +46,13 @@ def patch_supported(name, package, minimum, below):
         f"Pin {package} inside that range to get the patch back.",
     )
     return False
+
+
+def torch_patch_applies(name, active, tested_keras, tested_torch):
+    """True when a torch-only patch of Keras should be switched on: asked for, on the torch
+    backend, and with Keras and torch inside the ranges it was tested on (else one warning)."""
+    import keras
+
+    return bool(active) and keras.config.backend() == "torch" and (
+        patch_supported(name, "keras", *tested_keras) and patch_supported(name, "torch", *tested_torch)
+    )

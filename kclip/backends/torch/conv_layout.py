@@ -19,9 +19,8 @@ Keras' own conv path runs and a warning says so once.
 import contextlib
 import functools
 
-import keras
 
-from kclip.utils.versions import patch_supported, warn_once
+from kclip.utils.versions import torch_patch_applies, warn_once
 
 # [minimum, below): the releases this patch was read against and tested with.
 TESTED_KERAS = ("3.15", "3.16")
@@ -44,9 +43,7 @@ def _transpose_conv_kernel(kernel, keras_transpose):
 @contextlib.contextmanager
 def enabled(active=True):
     """Convolutions inside the block take their kernels in torch's layout (torch backend only)."""
-    if not active or keras.config.backend() != "torch" or not (
-        patch_supported(PATCH_NAME, "keras", *TESTED_KERAS) and patch_supported(PATCH_NAME, "torch", *TESTED_TORCH)
-    ):
+    if not torch_patch_applies(PATCH_NAME, active, TESTED_KERAS, TESTED_TORCH):
         yield
         return
     from keras.src.backend.torch import nn

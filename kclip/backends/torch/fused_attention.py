@@ -20,7 +20,7 @@ import contextlib
 
 import keras
 
-from kclip.utils.versions import patch_supported, warn_once
+from kclip.utils.versions import torch_patch_applies, warn_once
 
 # [minimum, below): the releases this patch was read against and tested with.
 TESTED_KERAS = ("3.15", "3.16")
@@ -54,9 +54,7 @@ def _fused_compute_attention(layer, keras_compute_attention, query, key, value, 
 @contextlib.contextmanager
 def enabled(active=True):
     """Attention layers with dropout use torch's fused kernel inside the block (torch backend only)."""
-    if not active or keras.config.backend() != "torch" or not (
-        patch_supported(PATCH_NAME, "keras", *TESTED_KERAS) and patch_supported(PATCH_NAME, "torch", *TESTED_TORCH)
-    ):
+    if not torch_patch_applies(PATCH_NAME, active, TESTED_KERAS, TESTED_TORCH):
         yield
         return
     attention_class = keras.layers.MultiHeadAttention

@@ -28,7 +28,7 @@ import contextlib
 
 import keras
 
-from kclip.utils.versions import patch_supported
+from kclip.utils.versions import torch_patch_applies
 
 # [minimum, below): the releases this patch was read against and tested with.
 TESTED_KERAS = ("3.15", "3.16")
@@ -75,11 +75,7 @@ def _fused_call(self, inputs, training=None, mask=None):
 
 def supported():
     """True on the torch backend with tested Keras and torch versions (warns once otherwise)."""
-    return (
-        keras.config.backend() == "torch"
-        and patch_supported(PATCH_NAME, "keras", *TESTED_KERAS)
-        and patch_supported(PATCH_NAME, "torch", *TESTED_TORCH)
-    )
+    return torch_patch_applies(PATCH_NAME, True, TESTED_KERAS, TESTED_TORCH)
 
 
 def enable():
