@@ -88,7 +88,7 @@ def cpu_seconds(pid: int | None = None) -> float:
             except OSError:
                 continue
             stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-    tree, total = {pid}, 0
+    tree = {pid}
     for _ in range(3):  # the server, its workers, and anything they start
         tree |= {child for child, (parent, _) in stats.items() if parent in tree}
     total = sum(stats[member][1] for member in tree if member in stats)

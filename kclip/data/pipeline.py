@@ -243,7 +243,8 @@ def repeated_for_fit(dataset, steps_per_epoch=None):
 
     Left to find each epoch's end itself, Keras on torch runs the iterator dry, and on a
     2-core CPU that end costs about 2 s per epoch while the training threads hold the
-    cores (demo recipe: 5.5 s epochs became 3.7 s; benchmarks/results/demo-recipes-*.jsonl).
+    cores: 40 demo epochs took 161 s instead of 215 s on a 2-core avx512_bf16 EPYC (runs R0 and
+    R3 in benchmarks/results/demo-recipes-2026-11-30.jsonl).
     Told the length, Keras keeps one iterator across epochs; each pass of the repeat is
     reshuffled and draws new captions, as a new epoch did before. A dataset of unknown
     length (a TFDS read) is returned as it is.

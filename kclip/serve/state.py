@@ -173,13 +173,11 @@ class ModelRunner:
 
     def __init__(self, model, max_batch: int = 32, cache_size: int = 1024, traced_text: bool = True):
         self.model = model
-        self._encode_texts = None  # the model's own encode_text
-        self._traced = None
+        self._traced = None  # without it, the model's own encode_text
         if traced_text and hasattr(model, "preprocessor") and hasattr(model, "_encoder"):
             from kclip.backends.torch.traced_text import TracedTextEncoder
 
             self._traced = TracedTextEncoder(model)
-            self._encode_texts = self._traced.encode
         self.max_batch = int(max_batch)
         self.fingerprint = str(model.fingerprint())
         self._model_lock = threading.Lock()
@@ -209,7 +207,7 @@ class ModelRunner:
 
     def _run(self, batch: list) -> None:
         try:
-            encode = self._encode_texts or self.model.encode_text
+            encode = self._traced.encode if self._traced is not None else self.model.encode_text
             vectors = np.asarray(encode([request.text for request in batch]), dtype=np.float32)
             if len(vectors) != len(batch):
                 raise ValueError(f"model.encode_text returned {len(vectors)} rows for {len(batch)} texts.")
