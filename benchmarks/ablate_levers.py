@@ -20,6 +20,7 @@ VARIANTS = {
     "fused Adam off": ["--fused-adam", "off"],
     "fast conv kernels off": ["--fast-conv-kernels", "off"],
     "fused attention off": ["--fused-attention", "off"],
+    "pool padding fold off": ["--fold-pool-padding", "off"],
     "release intermediates off": ["--release-intermediates", "off"],
     "fused batch norm off": ["--fused-batch-norm", "off"],
 }
@@ -28,6 +29,8 @@ VARIANTS = {
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small")
+    parser.add_argument("--config", help="take the towers from a config instead of --size (e.g. configs/demo.yaml)")
+    parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="mixed_bfloat16")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
@@ -36,7 +39,8 @@ def main():
     args = parser.parse_args()
 
     lines = {name: [] for name in args.variants}
-    command = [sys.executable, str(HERE / "train_throughput.py"), "--size", args.size,
+    towers = ["--config", args.config] if args.config else ["--size", args.size]
+    command = [sys.executable, str(HERE / "train_throughput.py"), *towers, "--batch-size", str(args.batch_size),
                "--precision", args.precision, "--steps", str(args.steps)]
     for _ in range(args.rounds):
         for name in args.variants:
@@ -46,7 +50,7 @@ def main():
             file.writelines(json.dumps(line) + "\n" for variant in lines.values() for line in variant)
 
     base = statistics.median(line["median_step_s"] for line in lines[args.variants[0]])
-    print(f"\n{args.size}, {args.precision}: {args.rounds} rounds")
+    print(f"\n{args.config or args.size}, batch {args.batch_size}, {args.precision}: {args.rounds} rounds")
     print("| variant | step (s) | step / first variant | peak RSS (MB) |")
     print("|---|---|---|---|")
     for name, measured in lines.items():

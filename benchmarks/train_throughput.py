@@ -74,31 +74,8 @@ def time_fit_steps(model, inputs, labels, warmup, steps, synchronize):
     return timer.times[warmup:]
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--config", help="take the towers from a config instead of --size")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
-    parser.add_argument("--fused-batch-norm", default="on", choices=["on", "off"],
-                        help="torch's fused BatchNormalization while training (kclip.train's default: on)")
-    parser.add_argument("--release-intermediates", default="on", choices=["on", "off"],
-                        help="free functional-graph activations after their last use (kclip.train's default: on)")
-    parser.add_argument("--fast-conv-kernels", default="on", choices=["on", "off"],
-                        help="conv kernels in torch's layout while training (kclip.train's default: on)")
-    parser.add_argument("--fused-attention", default="on", choices=["on", "off"],
-                        help="attention with dropout through torch's fused kernel while training (kclip.train's default: on)")
-    parser.add_argument("--fused-adam", default="on", choices=["on", "off"],
-                        help="torch's fused Adam kernel for MultiRateAdamW's update (kclip's default: on)")
-    parser.add_argument("--sequence-length", type=int,
-                        help="padded caption length (default: the size's 32, or the config's max_length)")
-    parser.add_argument("--jit-compile", default="off", choices=["on", "off"],
-                        help="compile(jit_compile=True): torch.compile of the train step on torch")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    args = parser.parse_args()
-
+def model_and_batch(args):
+    """(compiled model without preprocessor, one preprocessed batch, image_ids, policy, sequence length)."""
     policy = resolve_precision(args.precision)
     keras.config.set_dtype_policy(policy)
     keras.utils.set_random_seed(0)
@@ -123,6 +100,38 @@ def main():
         "padding_mask": np.ones((batch, sequence_length), dtype="int32"),
     }
     image_ids = np.arange(batch)
+    return model, inputs, image_ids, policy, sequence_length
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--config", help="take the towers from a config instead of --size")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="auto")
+    parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
+    parser.add_argument("--fused-batch-norm", default="on", choices=["on", "off"],
+                        help="torch's fused BatchNormalization while training (kclip.train's default: on)")
+    parser.add_argument("--release-intermediates", default="on", choices=["on", "off"],
+                        help="free functional-graph activations after their last use (kclip.train's default: on)")
+    parser.add_argument("--fast-conv-kernels", default="on", choices=["on", "off"],
+                        help="conv kernels in torch's layout while training (kclip.train's default: on)")
+    parser.add_argument("--fused-attention", default="on", choices=["on", "off"],
+                        help="attention with dropout through torch's fused kernel while training (kclip.train's default: on)")
+    parser.add_argument("--fold-pool-padding", default="on", choices=["on", "off"],
+                        help="a ResNet stem's padding inside its max pooling while training (kclip.train's default: on)")
+    parser.add_argument("--fused-adam", default="on", choices=["on", "off"],
+                        help="torch's fused Adam kernel for MultiRateAdamW's update (kclip's default: on)")
+    parser.add_argument("--sequence-length", type=int,
+                        help="padded caption length (default: the size's 32, or the config's max_length)")
+    parser.add_argument("--jit-compile", default="off", choices=["on", "off"],
+                        help="compile(jit_compile=True): torch.compile of the train step on torch")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+
+    model, inputs, image_ids, policy, sequence_length = model_and_batch(args)
+    size, batch = inputs["images"].shape[1], args.batch_size
     synchronize = lambda: None  # noqa: E731
     if keras.config.backend() == "torch":
         import torch
@@ -135,6 +144,7 @@ def main():
         release_intermediates=args.release_intermediates == "on",
         fast_conv_kernels=args.fast_conv_kernels == "on",
         fused_attention_kernel=args.fused_attention == "on",
+        fold_pool_padding=args.fold_pool_padding == "on",
     ):
         times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
     report(
@@ -150,6 +160,7 @@ def main():
         release_intermediates=args.release_intermediates,
         fast_conv_kernels=args.fast_conv_kernels,
         fused_attention=args.fused_attention,
+        fold_pool_padding=args.fold_pool_padding,
         fused_adam=args.fused_adam,
         jit_compile=args.jit_compile,
         parameters=model.count_params(),

@@ -127,6 +127,8 @@ class TrainerConfig:
     """On torch, hand conv kernels to torch in its own layout while training (same values, faster)."""
     fused_attention: bool = True
     """On torch, attention with dropout runs as torch's fused kernel while training (same math, faster)."""
+    fold_pool_padding: bool = True
+    """On torch, a ResNet stem's zero padding runs inside its max pooling while training (same math, faster)."""
     # --- Backends and devices ---
     distribution: Literal["none", "data_parallel"] = "none"
     """data_parallel: keras.distribution.DataParallel over every local device (JAX only); the loss sees the global batch."""

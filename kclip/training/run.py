@@ -106,6 +106,7 @@ def _train(config, callbacks, verbose):
             config.trainer.release_intermediates,
             config.trainer.fast_conv_kernels,
             config.trainer.fused_attention,
+            config.trainer.fold_pool_padding,
         ):
             history = model.fit(
                 train_data,

@@ -26,6 +26,7 @@ import inspect
 from keras.src import tree
 from keras.src.ops.function import Function
 
+from kclip.backends.torch import padded_pooling
 from kclip.utils.versions import patch_supported, warn_once
 
 # [minimum, below): the Keras releases this patch was read against and tested with.
@@ -68,6 +69,7 @@ def _run_through_graph(self, inputs, operation_fn=lambda op: op, call_fn=None):
         return _original_run_through_graph(self, inputs, operation_fn, call_fn)
     tensor_dict = {id(x): y for x, y in zip(self.inputs, tree.flatten(inputs))}
     remaining = dict(_tensor_uses(self))
+    folds = padded_pooling.plan(self) if padded_pooling.active() else {}
     kept = {id(x) for x in self.outputs}
 
     for depth in sorted(self._nodes_by_depth, reverse=True):
@@ -76,10 +78,13 @@ def _run_through_graph(self, inputs, operation_fn=lambda op: op, call_fn=None):
                 continue
             if any(id(x) not in tensor_dict for x in node.input_tensors):
                 continue  # Not computable from these inputs, as in Keras.
-            args, kwargs = node.arguments.fill_in(tensor_dict)
-            operation = operation_fn(self._get_operation_for_node(node))
-            outputs = operation(*args, **kwargs)
-            del args, kwargs
+            if id(node) in folds:
+                outputs = _folded(self, node, folds[id(node)], tensor_dict)
+            else:
+                args, kwargs = node.arguments.fill_in(tensor_dict)
+                operation = operation_fn(self._get_operation_for_node(node))
+                outputs = operation(*args, **kwargs)
+                del args, kwargs
             for x, y in zip(node.outputs, tree.flatten(outputs)):
                 tensor_dict[id(x)] = y
             for x in node.input_tensors:
@@ -95,6 +100,14 @@ def _run_through_graph(self, inputs, operation_fn=lambda op: op, call_fn=None):
             raise ValueError(f"Output with path `{path}` is not connected to `inputs`")
         output_tensors.append(tensor_dict[id(x)])
     return tree.pack_sequence_as(self._outputs_struct, output_tensors)
+
+
+def _folded(function, node, padding, tensor_dict):
+    # A folded padding hands its input through unpadded; its pooling pads inside the kernel.
+    unpadded = tensor_dict[id(node.input_tensors[0])]
+    if padding is None:
+        return unpadded
+    return padded_pooling.pool(function._get_operation_for_node(node), unpadded, padding)
 
 
 @contextlib.contextmanager

@@ -5,12 +5,12 @@ import contextlib
 
 import keras
 
-from kclip.backends.torch import conv_layout, fused_attention, fused_batch_norm, graph_memory
+from kclip.backends.torch import conv_layout, fused_attention, fused_batch_norm, graph_memory, padded_pooling
 
 
 @contextlib.contextmanager
 def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fast_conv_kernels=True,
-                    fused_attention_kernel=True):
+                    fused_attention_kernel=True, fold_pool_padding=True):
     """The measured speed and memory levers that apply while `fit` runs (all on by default).
 
     Each changes how the step runs, not what it computes; benchmarks/RESULTS-training.md
@@ -21,9 +21,13 @@ def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fa
     if keras.config.backend() != "torch":
         yield
         return
-    with fused_batch_norm.enabled(fused_batch_norm_kernel), graph_memory.enabled(
-        release_intermediates
-    ), conv_layout.enabled(fast_conv_kernels), fused_attention.enabled(fused_attention_kernel):
+    with contextlib.ExitStack() as levers:
+        levers.enter_context(fused_batch_norm.enabled(fused_batch_norm_kernel))
+        levers.enter_context(graph_memory.enabled(release_intermediates))
+        levers.enter_context(conv_layout.enabled(fast_conv_kernels))
+        levers.enter_context(fused_attention.enabled(fused_attention_kernel))
+        # Folding needs graph_memory's graph runner: with release_intermediates off it changes nothing.
+        levers.enter_context(padded_pooling.enabled(fold_pool_padding))
         yield
 
 
