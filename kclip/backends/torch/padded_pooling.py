@@ -4,8 +4,9 @@ KerasHub's ResNet (v1) ends its stem with ReLU -> ZeroPadding2D(1) -> MaxPooling
 padding by hand because torch and TensorFlow place "same" padding differently. In eager
 torch that padding writes a zero-filled copy of the largest activation in the network, and
 the pooling's backward zero-fills a gradient of the padded size: at the demo's size
-(batch 128, 64×26×26) the two fills were 7.6 ms of a 115 ms float32 step
-(`aten::fill_`, benchmarks/results/profile-demo-fp32-2026-11-30.txt). torch's own max
+(batch 128, 64×26×26) the two fills took 21 ms per float32 step in one profile, 16% of its op
+time (`aten::fill_`, benchmarks/results/profile-demo-fp32-shapes-2026-11-30.txt); touching fresh
+memory costs more in some runs than in others here. torch's own max
 pooling pads inside the kernel, with -inf. After a ReLU every value is at least 0, and
 every 3×3 window still holds a real value when the padding is at most half the window, so
 zeros and -inf padding give the same maximum and the same gradient: the fold is exact.
