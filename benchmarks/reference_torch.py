@@ -135,19 +135,10 @@ class DualEncoder(nn.Module):
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
-    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
-                        help="torch.channels_last memory format for the image tower (default on)")
-    parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
-                        help="torch.optim.Adam(fused=True) where supported (default on)")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=5)
-    args = parser.parse_args()
-
+def reference_step(size_name, batch, precision="fp32", channels_last=True, fused_adam=True):
+    """(step(), model, device, fused): one training step of the reference at `size_name`, on fixed host tensors."""
+    args = argparse.Namespace(size=size_name, batch_size=batch, precision=precision,
+                              channels_last=channels_last, fused_adam=fused_adam)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = SIZES[args.size]
@@ -186,6 +177,26 @@ def main():
         scaler.step(optimizer)
         scaler.update()
 
+    return step, model, device, fused
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", choices=["fp32", "bf16", "fp16"], default="fp32")
+    parser.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.channels_last memory format for the image tower (default on)")
+    parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
+                        help="torch.optim.Adam(fused=True) where supported (default on)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=5)
+    args = parser.parse_args()
+
+    step, model, device, fused = reference_step(args.size, args.batch_size, args.precision, args.channels_last,
+                                         args.fused_adam)
+    size = SIZES[args.size]
+    batch, image_size, length = args.batch_size, size["image_size"], size["sequence_length"]
     synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     times = time_steps(step, args.warmup, args.steps, synchronize)
     report(
