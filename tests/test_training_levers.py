@@ -37,23 +37,41 @@ def test_fused_adam_matches_keras_adam_with_learning_rate_groups(weight_decay):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
-def conv_output_and_gradient(inputs, fast):
+def conv_output_and_gradient(inputs, fast, dtype="float32"):
     import torch
 
     keras.utils.set_random_seed(0)
-    layer = keras.layers.Conv2D(6, 3, padding="same", data_format="channels_first")
+    layer = keras.layers.Conv2D(6, 3, padding="same", data_format="channels_first", dtype=dtype)
     layer.build((None, inputs.shape[3], *inputs.shape[1:3]))
     images = torch.tensor(inputs).permute(0, 3, 1, 2).requires_grad_()  # channels-last memory, as in kclip
     with conv_layout.enabled(fast):
         outputs = layer(images)
-    (kernel_gradient, image_gradient) = torch.autograd.grad((outputs**2).sum(), [layer.kernel.value, images])
-    return outputs.detach().numpy(), kernel_gradient.numpy(), image_gradient.numpy()
+    (kernel_gradient, image_gradient) = torch.autograd.grad((outputs.float()**2).sum(), [layer.kernel.value, images])
+    return outputs.detach().float().numpy(), kernel_gradient.numpy(), image_gradient.numpy()
 
 
-def test_fast_conv_kernels_give_the_same_outputs_and_gradients():
+@pytest.mark.parametrize("dtype, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 1e-2)])
+def test_fast_conv_kernels_give_the_same_outputs_and_gradients(dtype, tolerance):
     inputs = np.random.default_rng(1).normal(size=(2, 7, 7, 4)).astype("float32")
-    for want, got in zip(conv_output_and_gradient(inputs, False), conv_output_and_gradient(inputs, True)):
-        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    # Only memory order changes, so even in bf16 the two paths round alike; the tolerance is bf16's.
+    for want, got in zip(conv_output_and_gradient(inputs, False, dtype), conv_output_and_gradient(inputs, True, dtype)):
+        np.testing.assert_allclose(got, want, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("dtype, fast", [("float32", True), ("bfloat16", True), ("float16", False)])
+def test_fast_conv_kernels_take_float32_and_cpu_bf16_kernels(dtype, fast):
+    import torch
+
+    kernel = torch.randn(3, 3, 4, 5).to(getattr(torch, dtype))
+    keras_path = []
+
+    def keras_transpose(k):
+        keras_path.append(k)
+        return k.permute(3, 2, 0, 1)
+
+    result = conv_layout._transpose_conv_kernel(kernel, keras_transpose=keras_transpose)
+    assert (not keras_path) == fast
+    assert torch.equal(result, kernel.permute(3, 2, 0, 1))
 
 
 def test_a_training_step_with_every_lever_matches_plain_keras():

@@ -31,9 +31,12 @@ PATCH_NAME = "fast conv kernels (kclip.backends.torch.conv_layout)"
 def _transpose_conv_kernel(kernel, keras_transpose):
     import torch
 
-    # Under mixed precision the kernel arrives as a fresh half-precision copy, and a second
-    # copy here cost more than it saved (benchmarks/RESULTS-training.md, "full bf16" rows).
-    if kernel.ndim != 4 or kernel.dtype != torch.float32:
+    # bf16 kernels (mixed precision on a CPU) gained too when measured in one process: small size
+    # 0.960x and 0.975x the step, full size 0.992x (benchmarks/results/levers-paired-2026-11-30.jsonl);
+    # an earlier loss, measured across processes, was within their drift. float16, and bf16 on a
+    # GPU, keep Keras' path: not measured there.
+    bf16_on_cpu = kernel.dtype == torch.bfloat16 and kernel.device.type == "cpu"
+    if kernel.ndim != 4 or not (kernel.dtype == torch.float32 or bf16_on_cpu):
         return keras_transpose(kernel)
     height, width, in_channels, out_channels = kernel.shape
     by_output = kernel.reshape(height * width * in_channels, out_channels).t().contiguous()
