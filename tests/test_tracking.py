@@ -38,11 +38,12 @@ def test_logger_none_recall_best_model_and_grid(tmp_path, monkeypatch, capsys):
     config.log_prediction_callback.max_matches = 3
     model, history, test_metrics = train(config, verbose=0)
 
-    # Recall every 2 epochs and after the last one; NaN in between, so columns stay aligned.
-    for key in RECALL_KEYS:
+    # Recall, and fit's own validation loss, every 2 epochs and after the last one; NaN in between,
+    # so columns stay aligned.
+    for key in [*RECALL_KEYS, "val_loss", "val_t2i_accuracy"]:
         values = history.history[key]
         assert len(values) == 3
-        assert math.isnan(values[0]) and all(np.isfinite(values[1:]))
+        assert math.isnan(values[0]) and all(np.isfinite(values[1:])), key
     # The last evaluation saw the returned (final) weights: recompute its recall independently.
     embeddings, _ = _validation_embeddings(model, config)
     expected = recall_reference.recall(*embeddings)
@@ -52,7 +53,8 @@ def test_logger_none_recall_best_model_and_grid(tmp_path, monkeypatch, capsys):
     with open(tmp_path / "run" / "history.csv") as handle:
         rows = list(csv.DictReader(handle))
     assert [int(row["epoch"]) for row in rows] == [0, 1, 2]
-    assert set(RECALL_KEYS) <= set(rows[0])
+    assert {*RECALL_KEYS, "val_loss"} <= set(rows[0])
+    assert rows[0]["val_loss"] == "nan" and float(rows[1]["val_loss"]) > 0
 
     best = json.loads((tmp_path / "run" / "best.json").read_text())
     assert best["val_rsum"] == max(history.history["val_rsum"][1:])
@@ -186,3 +188,12 @@ def test_wandb_mode_offline_without_login(monkeypatch, tmp_path):
     assert wandb_mode() == "offline"
     monkeypatch.setenv("WANDB_MODE", "disabled")
     assert wandb_mode() == "disabled"
+
+
+def test_validation_epochs_follow_the_recall_cadence():
+    from kclip.training.run import validation_epochs
+
+    assert validation_epochs(2, 5) == [2, 4, 5]
+    assert validation_epochs(1, 3) == [1, 2, 3]
+    assert validation_epochs(6, 6) == [6]
+    assert validation_epochs(10, 3) == [3]

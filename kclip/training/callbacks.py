@@ -58,6 +58,10 @@ class RecallCallback(keras.callbacks.Callback):
             return
         if not self.should_evaluate(epoch):
             logs.update({self.prefix + key: float("nan") for key in RECALL_KEYS})
+            # `fit` validates on the same epochs (kclip.training.run.validation_epochs); NaN for its
+            # validation loss and accuracies in between keeps the CSV's and W&B's columns aligned.
+            for key in [key for key in logs if not key.startswith(self.prefix)]:
+                logs.setdefault(self.prefix + key, float("nan"))
             return
         with undistributed():  # batches of any size; see kclip/backends/jax/distribution.py
             self.embeddings = embed_split(self.model, self.images, batch_size=self.batch_size, progress=self.progress)

@@ -31,6 +31,13 @@ def resolve_jit_compile(jit_compile="auto"):
     return keras.config.backend() == "jax"
 
 
+def validation_epochs(every_n_epochs, max_epochs):
+    """The epochs (1-based) at which `fit` computes the validation loss: the ones the recall
+    callback evaluates on, every N and the last, so that `trainer.eval_every_n_epochs` governs all
+    validation, as Lightning's `check_val_every_n_epoch` does."""
+    return sorted({*range(every_n_epochs, max_epochs + 1, every_n_epochs), max_epochs})
+
+
 def build_model_for_data(config, train_images):
     """Builds the configured model; a from-scratch text tower gets a vocabulary of the training captions."""
     vocabulary = None
@@ -111,6 +118,7 @@ def _train(config, callbacks, verbose):
             history = model.fit(
                 train_data,
                 validation_data=validation_data,
+                validation_freq=validation_epochs(config.trainer.eval_every_n_epochs, config.trainer.max_epochs),
                 epochs=config.trainer.max_epochs,
                 steps_per_epoch=steps_per_epoch,
                 callbacks=callbacks,
