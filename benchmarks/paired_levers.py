@@ -21,11 +21,10 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import cpu_fields, emit  # noqa: E402
-from train_throughput import model_and_batch  # noqa: E402
+from train_throughput import LEVER_FLAGS, model_and_batch  # noqa: E402
 from kclip.backends.torch.levers import training_levers  # noqa: E402
 
-LEVERS = ["fused_batch_norm_kernel", "release_intermediates", "fast_conv_kernels", "fused_attention_kernel",
-          "fold_pool_padding"]
+LEVERS = [keyword for keyword, _ in LEVER_FLAGS.values()]
 
 
 def main():

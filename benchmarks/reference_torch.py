@@ -137,13 +137,11 @@ class DualEncoder(nn.Module):
 
 def reference_step(size_name, batch, precision="fp32", channels_last=True, fused_adam=True):
     """(step(), model, device, fused): one training step of the reference at `size_name`, on fixed host tensors."""
-    args = argparse.Namespace(size=size_name, batch_size=batch, precision=precision,
-                              channels_last=channels_last, fused_adam=fused_adam)
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    size = SIZES[args.size]
+    size = SIZES[size_name]
     model = DualEncoder(size).to(device).train()
-    if args.channels_last:
+    if channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
     groups = [
         {"params": list(model.image_encoder.parameters()), "lr": 1e-4},
@@ -151,21 +149,21 @@ def reference_step(size_name, batch, precision="fp32", channels_last=True, fused
         {"params": [*model.image_head.parameters(), *model.text_head.parameters(), model.log_logit_scale], "lr": 1e-3},
     ]
     fused = False
-    if args.fused_adam:
+    if fused_adam:
         try:  # CPU support arrived in torch 2.4; older builds raise here.
             optimizer, fused = torch.optim.Adam(groups, fused=True), True
         except (RuntimeError, TypeError, ValueError):
             pass
     if not fused:
         optimizer = torch.optim.Adam(groups)
-    batch, image_size, length = args.batch_size, size["image_size"], size["sequence_length"]
+    image_size, length = size["image_size"], size["sequence_length"]
     images = torch.randn(batch, 3, image_size, image_size)
     token_ids = torch.randint(5, size["bert"]["vocabulary_size"], (batch, length))
     padding_mask = torch.ones(batch, length, dtype=torch.bool)
-    if args.channels_last:
+    if channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
-    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[args.precision]
-    scaler = torch.amp.GradScaler(device, enabled=args.precision == "fp16")
+    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    scaler = torch.amp.GradScaler(device, enabled=precision == "fp16")
 
     def step():
         # Host tensors each step, as a data loader would hand them over.

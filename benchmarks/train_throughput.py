@@ -27,6 +27,21 @@ from kclip.backends.torch.levers import training_levers  # noqa: E402
 from kclip.utils.precision import resolve_precision  # noqa: E402
 
 
+# Command-line flag -> (kclip.backends.torch.levers.training_levers keyword, what it switches).
+LEVER_FLAGS = {
+    "fused-batch-norm": ("fused_batch_norm_kernel", "torch's fused BatchNormalization while training"),
+    "release-intermediates": ("release_intermediates",
+                              "free functional-graph activations after their last use"),
+    "fast-conv-kernels": ("fast_conv_kernels", "conv kernels in torch's layout while training"),
+    "fused-attention": ("fused_attention_kernel", "attention with dropout through torch's fused kernel while training"),
+    "fold-pool-padding": ("fold_pool_padding", "a ResNet stem's padding inside its max pooling while training"),
+}
+
+
+def lever_setting(args, flag):
+    return getattr(args, flag.replace("-", "_"))
+
+
 def model_config_for(args):
     if args.config:
         config = parse_config(["--config", args.config])
@@ -110,16 +125,8 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
-    parser.add_argument("--fused-batch-norm", default="on", choices=["on", "off"],
-                        help="torch's fused BatchNormalization while training (kclip.train's default: on)")
-    parser.add_argument("--release-intermediates", default="on", choices=["on", "off"],
-                        help="free functional-graph activations after their last use (kclip.train's default: on)")
-    parser.add_argument("--fast-conv-kernels", default="on", choices=["on", "off"],
-                        help="conv kernels in torch's layout while training (kclip.train's default: on)")
-    parser.add_argument("--fused-attention", default="on", choices=["on", "off"],
-                        help="attention with dropout through torch's fused kernel while training (kclip.train's default: on)")
-    parser.add_argument("--fold-pool-padding", default="on", choices=["on", "off"],
-                        help="a ResNet stem's padding inside its max pooling while training (kclip.train's default: on)")
+    for flag, (_, what) in LEVER_FLAGS.items():
+        parser.add_argument(f"--{flag}", default="on", choices=["on", "off"], help=f"{what} (kclip.train's default: on)")
     parser.add_argument("--fused-adam", default="on", choices=["on", "off"],
                         help="torch's fused Adam kernel for MultiRateAdamW's update (kclip's default: on)")
     parser.add_argument("--sequence-length", type=int,
@@ -139,13 +146,7 @@ def main():
         if torch.cuda.is_available():
             synchronize = torch.cuda.synchronize
     getattr(model.optimizer, "inner_optimizer", model.optimizer).fused = args.fused_adam == "on"
-    with training_levers(
-        fused_batch_norm_kernel=args.fused_batch_norm == "on",
-        release_intermediates=args.release_intermediates == "on",
-        fast_conv_kernels=args.fast_conv_kernels == "on",
-        fused_attention_kernel=args.fused_attention == "on",
-        fold_pool_padding=args.fold_pool_padding == "on",
-    ):
+    with training_levers(**{keyword: lever_setting(args, flag) == "on" for flag, (keyword, _) in LEVER_FLAGS.items()}):
         times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
     report(
         "kclip_fit_step",
@@ -156,11 +157,7 @@ def main():
         sequence_length=sequence_length,
         precision=policy,
         data_format=model.backbone.image_data_format,
-        fused_batch_norm=args.fused_batch_norm,
-        release_intermediates=args.release_intermediates,
-        fast_conv_kernels=args.fast_conv_kernels,
-        fused_attention=args.fused_attention,
-        fold_pool_padding=args.fold_pool_padding,
+        **{flag.replace("-", "_"): lever_setting(args, flag) for flag in LEVER_FLAGS},
         fused_adam=args.fused_adam,
         jit_compile=args.jit_compile,
         parameters=model.count_params(),
