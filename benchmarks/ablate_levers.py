@@ -23,6 +23,7 @@ VARIANTS = {
     "pool padding fold off": ["--fold-pool-padding", "off"],
     "release intermediates off": ["--release-intermediates", "off"],
     "fused batch norm off": ["--fused-batch-norm", "off"],
+    "keep freed memory on": ["--keep-freed-memory", "on"],
 }
 
 

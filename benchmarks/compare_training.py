@@ -33,6 +33,7 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--kclip-args", default="", help="extra arguments for train_throughput.py")
+    parser.add_argument("--reference-args", default="", help="extra arguments for reference_torch.py (write --reference-args=--keep-freed-memory)")
     parser.add_argument("--out", help="append the JSON lines to this file")
     args = parser.parse_args()
 
@@ -42,7 +43,8 @@ def main():
             common = ["--size", size, "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
             kclip = [sys.executable, str(HERE / "train_throughput.py"), *common,
                      "--precision", KCLIP_PRECISION[precision], *args.kclip_args.split()]
-            reference = [sys.executable, str(HERE / "reference_torch.py"), *common, "--precision", precision]
+            reference = [sys.executable, str(HERE / "reference_torch.py"), *common, "--precision", precision,
+                         *args.reference_args.split()]
             for _ in range(args.rounds):
                 lines.append(run(kclip))
                 lines.append(run(reference))

@@ -85,17 +85,27 @@ def cpu_fields():
     }
 
 
-def time_steps(step, warmup, steps, synchronize=lambda: None):
-    """Calls `step()` warmup + steps times; returns the timed steps' seconds."""
+def minor_faults():
+    """Minor page faults of this process so far (pages the kernel mapped in, zero-filled when fresh)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+def time_steps(step, warmup, steps, synchronize=lambda: None, faults=None):
+    """Calls `step()` warmup + steps times; returns the timed steps' seconds.
+
+    With a list as `faults`, appends each timed step's minor page faults to it.
+    """
     for _ in range(warmup):
         step()
     synchronize()
     times = []
     for _ in range(steps):
-        started = time.perf_counter()
+        faults_before, started = minor_faults(), time.perf_counter()
         step()
         synchronize()
         times.append(time.perf_counter() - started)
+        if faults is not None:
+            faults.append(minor_faults() - faults_before)
     return times
 
 

@@ -24,7 +24,7 @@ from harness import cpu_fields, emit  # noqa: E402
 from train_throughput import LEVER_FLAGS, model_and_batch  # noqa: E402
 from kclip.backends.torch.levers import training_levers  # noqa: E402
 
-LEVERS = [keyword for keyword, _ in LEVER_FLAGS.values()]
+LEVERS = [keyword for keyword, *_ in LEVER_FLAGS.values()]
 
 
 def main():

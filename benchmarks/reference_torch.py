@@ -10,11 +10,19 @@ It is the strongest plain PyTorch a careful user writes, so the ratios don't fla
 the image tower and its inputs in `channels_last` memory format (oneDNN's and cuDNN's
 preferred convolution layout; `--no-channels-last` turns it off) and torch's fused Adam
 (one kernel for all parameters) where this torch supports it on the device.
+
+`--keep-freed-memory` gives it kclip's glibc malloc settings (kclip/backends/torch/heap.py):
+not something plain PyTorch code does, but an environment a user can set up (PyTorch's CPU
+tuning guide suggests swapping the allocator), so compare_training.py can also report the
+ratio with both sides on the same allocator settings.
 """
 
 import argparse
+import importlib.util
 import os
+import statistics
 import sys
+from pathlib import Path
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -187,16 +195,27 @@ def main():
                         help="torch.channels_last memory format for the image tower (default on)")
     parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.optim.Adam(fused=True) where supported (default on)")
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=False,
+                        help="kclip's glibc malloc settings: no mmap, no trimming (default off)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        # Loaded by path: importing the kclip package would pull Keras and TensorFlow into the
+        # reference's process and its peak RSS.
+        heap_path = Path(__file__).resolve().parents[1] / "kclip" / "backends" / "torch" / "heap.py"
+        spec = importlib.util.spec_from_file_location("kclip_heap", heap_path)
+        heap = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(heap)
+        heap.keep_freed_memory()
 
     step, model, device, fused = reference_step(args.size, args.batch_size, args.precision, args.channels_last,
                                          args.fused_adam)
     size = SIZES[args.size]
     batch, image_size, length = args.batch_size, size["image_size"], size["sequence_length"]
     synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    times = time_steps(step, args.warmup, args.steps, synchronize)
+    faults = []
+    times = time_steps(step, args.warmup, args.steps, synchronize, faults)
     report(
         "torch_reference_step",
         times,
@@ -207,6 +226,8 @@ def main():
         precision=args.precision,
         channels_last=args.channels_last,
         fused_adam=fused,
+        keep_freed_memory=args.keep_freed_memory,
+        minor_faults_per_step=statistics.median(faults),
         parameters=sum(p.numel() for p in model.parameters()),
         torch=torch.__version__,
         device=device,

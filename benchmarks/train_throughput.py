@@ -11,6 +11,7 @@ this measures the model step alone (benchmarks/data_pipeline.py measures input).
 
 import argparse
 import os
+import statistics
 import sys
 import time
 
@@ -20,21 +21,25 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
-from harness import SIZES, report  # noqa: E402
+from harness import SIZES, minor_faults, report  # noqa: E402
 from kclip.config import ModelConfig, parse_config  # noqa: E402
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary  # noqa: E402
 from kclip.backends.torch.levers import training_levers  # noqa: E402
 from kclip.utils.precision import resolve_precision  # noqa: E402
 
 
-# Command-line flag -> (kclip.backends.torch.levers.training_levers keyword, what it switches).
+# Command-line flag -> (kclip.backends.torch.levers.training_levers keyword, what it switches,
+# kclip.train's default).
 LEVER_FLAGS = {
-    "fused-batch-norm": ("fused_batch_norm_kernel", "torch's fused BatchNormalization while training"),
+    "fused-batch-norm": ("fused_batch_norm_kernel", "torch's fused BatchNormalization while training", "on"),
     "release-intermediates": ("release_intermediates",
-                              "free functional-graph activations after their last use"),
-    "fast-conv-kernels": ("fast_conv_kernels", "conv kernels in torch's layout while training"),
-    "fused-attention": ("fused_attention_kernel", "attention with dropout through torch's fused kernel while training"),
-    "fold-pool-padding": ("fold_pool_padding", "a ResNet stem's padding inside its max pooling while training"),
+                              "free functional-graph activations after their last use", "on"),
+    "fast-conv-kernels": ("fast_conv_kernels", "conv kernels in torch's layout while training", "on"),
+    "fused-attention": ("fused_attention_kernel", "attention with dropout through torch's fused kernel while training",
+                        "on"),
+    "fold-pool-padding": ("fold_pool_padding", "a ResNet stem's padding inside its max pooling while training", "on"),
+    # Off by default (the heap keeps growing at the full size); configs/demo.yaml turns it on.
+    "keep-freed-memory": ("keep_freed_memory", "glibc keeps freed memory in the process between steps", "off"),
 }
 
 
@@ -64,21 +69,27 @@ def model_config_for(args):
 
 
 class StepTimer(keras.callbacks.Callback):
+    """Each train step's seconds and minor page faults."""
+
     def __init__(self, synchronize):
         super().__init__()
-        self.synchronize, self.times = synchronize, []
+        self.synchronize, self.times, self.faults = synchronize, [], []
 
     def on_train_batch_begin(self, batch, logs=None):
         self.synchronize()
-        self.started = time.perf_counter()
+        self.faults_before, self.started = minor_faults(), time.perf_counter()
 
     def on_train_batch_end(self, batch, logs=None):
         self.synchronize()
         self.times.append(time.perf_counter() - self.started)
+        self.faults.append(minor_faults() - self.faults_before)
 
 
-def time_fit_steps(model, inputs, labels, warmup, steps, synchronize):
-    """Times `fit`'s own train steps (one epoch of warmup + steps batches)."""
+def time_fit_steps(model, inputs, labels, warmup, steps, synchronize, faults=None):
+    """Times `fit`'s own train steps (one epoch of warmup + steps batches).
+
+    With a list as `faults`, extends it with each timed step's minor page faults.
+    """
     import tensorflow as tf
 
     # The same batch each step, through tf.data as in training: `fit` still converts
@@ -86,6 +97,8 @@ def time_fit_steps(model, inputs, labels, warmup, steps, synchronize):
     batches = tf.data.Dataset.from_tensors((inputs, labels)).repeat(warmup + steps)
     timer = StepTimer(synchronize)
     model.fit(batches, epochs=1, verbose=0, callbacks=[timer])
+    if faults is not None:
+        faults.extend(timer.faults[warmup:])
     return timer.times[warmup:]
 
 
@@ -125,8 +138,9 @@ def main():
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
-    for flag, (_, what) in LEVER_FLAGS.items():
-        parser.add_argument(f"--{flag}", default="on", choices=["on", "off"], help=f"{what} (kclip.train's default: on)")
+    for flag, (_, what, default) in LEVER_FLAGS.items():
+        parser.add_argument(f"--{flag}", default=default, choices=["on", "off"],
+                            help=f"{what} (kclip.train's default: {default})")
     parser.add_argument("--fused-adam", default="on", choices=["on", "off"],
                         help="torch's fused Adam kernel for MultiRateAdamW's update (kclip's default: on)")
     parser.add_argument("--sequence-length", type=int,
@@ -146,8 +160,9 @@ def main():
         if torch.cuda.is_available():
             synchronize = torch.cuda.synchronize
     getattr(model.optimizer, "inner_optimizer", model.optimizer).fused = args.fused_adam == "on"
-    with training_levers(**{keyword: lever_setting(args, flag) == "on" for flag, (keyword, _) in LEVER_FLAGS.items()}):
-        times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize)
+    with training_levers(**{keyword: lever_setting(args, flag) == "on" for flag, (keyword, *_) in LEVER_FLAGS.items()}):
+        faults = []
+        times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize, faults)
     report(
         "kclip_fit_step",
         times,
@@ -160,6 +175,7 @@ def main():
         **{flag.replace("-", "_"): lever_setting(args, flag) for flag in LEVER_FLAGS},
         fused_adam=args.fused_adam,
         jit_compile=args.jit_compile,
+        minor_faults_per_step=statistics.median(faults),
         parameters=model.count_params(),
         backend=keras.config.backend(),
     )

@@ -197,3 +197,23 @@ def test_validation_epochs_follow_the_recall_cadence():
     assert validation_epochs(1, 3) == [1, 2, 3]
     assert validation_epochs(6, 6) == [6]
     assert validation_epochs(10, 3) == [3]
+
+
+def test_a_split_embedded_from_its_tokenized_captions_matches_tokenizing_anew(tmp_path):
+    # The recall callback tokenizes the validation captions once and reuses them every evaluation.
+    from helpers import tiny_model
+    from kclip.data.sources import load_records
+    from kclip.evaluation.evaluate import embed_split, tokenize_split
+
+    config = tiny_config(tmp_path / "run", tmp_path / "data")
+    images = load_records(config.data, config.output_dir, seed=0).for_split("validation")
+    model = tiny_model()
+    plain = embed_split(model, images, batch_size=2)
+    tokenized = tokenize_split(model, images, batch_size=2)
+    assert len(tokenized) > 1  # several batches of 8 captions
+    for _ in range(2):
+        reused = embed_split(model, images, batch_size=2, tokenized=tokenized)
+        for want, got in zip(plain, reused):
+            np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match="tokenize_split with the same images"):
+        embed_split(model, images, batch_size=2, tokenized=tokenize_split(model, images[:1], batch_size=2))

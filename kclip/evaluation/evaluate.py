@@ -14,17 +14,28 @@ def _progress(total, description, progress):
                 disable=None if progress is None else not progress)
 
 
-def embed_split(model, images, batch_size=64, progress=None):
-    """Embeds every image and every caption of a list of `CaptionedImage`s.
-
-    Returns (image_embeddings, text_embeddings, text_to_image).
-    """
-    if not images:
-        raise ValueError("Nothing to evaluate: the split has no images.")
+def _captions(images):
     captions, text_to_image = [], []
     for index, image in enumerate(images):
         captions.extend(image.captions)
         text_to_image.extend([index] * len(image.captions))
+    return captions, text_to_image
+
+
+def tokenize_split(model, images, batch_size=64):
+    """The split's captions packed for `embed_split(..., tokenized=...)`, to embed one split repeatedly."""
+    return model.tokenize(_captions(images)[0], batch_size=4 * batch_size)
+
+
+def embed_split(model, images, batch_size=64, progress=None, tokenized=None):
+    """Embeds every image and every caption of a list of `CaptionedImage`s.
+
+    `tokenized`, from `tokenize_split` with the same images and batch size, skips tokenizing.
+    Returns (image_embeddings, text_embeddings, text_to_image).
+    """
+    if not images:
+        raise ValueError("Nothing to evaluate: the split has no images.")
+    captions, text_to_image = _captions(images)
     paths = [image.image_path for image in images]
     image_batches, text_batches = [], []
     with _progress(len(paths), "Embedding images", progress) as bar:
@@ -33,10 +44,19 @@ def embed_split(model, images, batch_size=64, progress=None):
             bar.update(len(image_batches[-1]))
     text_batch = 4 * batch_size
     with _progress(len(captions), "Embedding captions", progress) as bar:
-        for start in range(0, len(captions), text_batch):
-            text_batches.append(model.encode_text(captions[start:start + text_batch], batch_size=text_batch))
-            bar.update(len(text_batches[-1]))
-    return np.concatenate(image_batches), np.concatenate(text_batches), np.asarray(text_to_image)
+        if tokenized is not None:
+            for packed in tokenized:
+                text_batches.append(model.encode_tokenized([packed]))
+                bar.update(len(text_batches[-1]))
+        else:
+            for start in range(0, len(captions), text_batch):
+                text_batches.append(model.encode_text(captions[start:start + text_batch], batch_size=text_batch))
+                bar.update(len(text_batches[-1]))
+    text_embeddings = np.concatenate(text_batches)
+    if len(text_embeddings) != len(captions):
+        raise ValueError(f"{len(text_embeddings)} caption embeddings for {len(captions)} captions: "
+                         "`tokenized` must come from tokenize_split with the same images and batch size.")
+    return np.concatenate(image_batches), text_embeddings, np.asarray(text_to_image)
 
 
 def metrics_from_embeddings(images, embeddings):
@@ -107,6 +127,7 @@ def write_grid(images, embeddings, out_path, num_queries=8, k=5, tile_size=96):
 __all__ = [
     "choose_queries",
     "embed_split",
+    "tokenize_split",
     "evaluate",
     "format_metrics_table",
     "grid_rows",

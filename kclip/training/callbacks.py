@@ -14,7 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from kclip.evaluation.evaluate import embed_split, metrics_from_embeddings
+from kclip.evaluation.evaluate import embed_split, metrics_from_embeddings, tokenize_split
 from kclip.backends.jax.distribution import undistributed
 from kclip.utils.files import write_json
 
@@ -48,6 +48,8 @@ class RecallCallback(keras.callbacks.Callback):
         self.embeddings = None
         self.evaluated_epoch = None
         self.metrics = None
+        # The captions, tokenized at the first evaluation: the preprocessor does not train.
+        self.tokenized = None
 
     def should_evaluate(self, epoch):
         last_epoch = (self.params or {}).get("epochs")
@@ -64,7 +66,10 @@ class RecallCallback(keras.callbacks.Callback):
                 logs.setdefault(self.prefix + key, float("nan"))
             return
         with undistributed():  # batches of any size; see kclip/backends/jax/distribution.py
-            self.embeddings = embed_split(self.model, self.images, batch_size=self.batch_size, progress=self.progress)
+            if self.tokenized is None:
+                self.tokenized = tokenize_split(self.model, self.images, batch_size=self.batch_size)
+            self.embeddings = embed_split(self.model, self.images, batch_size=self.batch_size, progress=self.progress,
+                                          tokenized=self.tokenized)
         self.metrics = metrics_from_embeddings(self.images, self.embeddings)
         self.evaluated_epoch = epoch
         logs.update({self.prefix + key: self.metrics[key] for key in RECALL_KEYS})

@@ -114,6 +114,7 @@ def _train(config, callbacks, verbose):
             config.trainer.fast_conv_kernels,
             config.trainer.fused_attention,
             config.trainer.fold_pool_padding,
+            config.trainer.keep_freed_memory,
         ):
             history = model.fit(
                 train_data,
