@@ -23,7 +23,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import cpu_fields, emit, minor_faults, peak_rss_mb  # noqa: E402
-from train_throughput import model_and_batch  # noqa: E402
+from train_throughput import add_model_arguments, model_and_batch  # noqa: E402
 from kclip.backends.torch import heap  # noqa: E402
 from kclip.backends.torch.levers import training_levers  # noqa: E402
 
@@ -50,17 +50,13 @@ def resident_mb():
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small")
-    parser.add_argument("--config")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="float32")
+    add_model_arguments(parser, precision="float32")
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--trace-every", type=int, default=25)
     parser.add_argument("--setting", default="kclip",
                         choices=["glibc-defaults", "kclip", "mmap-threshold-32", "mmap-threshold-128"])
     parser.add_argument("--out")
     args = parser.parse_args()
-    args.sequence_length, args.data_format, args.jit_compile = None, "auto", "off"
     apply(args.setting)
     model, inputs, image_ids, policy, sequence_length = model_and_batch(args)
 

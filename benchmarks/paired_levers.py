@@ -21,7 +21,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import cpu_fields, emit  # noqa: E402
-from train_throughput import LEVER_FLAGS, model_and_batch  # noqa: E402
+from train_throughput import LEVER_FLAGS, add_model_arguments, model_and_batch  # noqa: E402
 from kclip.backends.torch.levers import training_levers  # noqa: E402
 
 LEVERS = [keyword for keyword, *_ in LEVER_FLAGS.values()]
@@ -29,16 +29,12 @@ LEVERS = [keyword for keyword, *_ in LEVER_FLAGS.values()]
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", default="small")
-    parser.add_argument("--config")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="auto")
+    add_model_arguments(parser)
     parser.add_argument("--lever", required=True, choices=LEVERS)
     parser.add_argument("--blocks", type=int, default=16)
     parser.add_argument("--steps-per-block", type=int, default=5)
     parser.add_argument("--out")
     args = parser.parse_args()
-    args.sequence_length, args.data_format, args.jit_compile = None, "auto", "off"
     model, inputs, image_ids, policy, sequence_length = model_and_batch(args)
 
     import torch

@@ -102,6 +102,19 @@ def time_fit_steps(model, inputs, labels, warmup, steps, synchronize, faults=Non
     return timer.times[warmup:]
 
 
+def add_model_arguments(parser, precision="auto"):
+    """The flags `model_and_batch` reads: the towers, batch, precision, layout, text length, compiling."""
+    parser.add_argument("--size", choices=sorted(SIZES), default="small")
+    parser.add_argument("--config", help="take the towers from a config instead of --size")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default=precision)
+    parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
+    parser.add_argument("--sequence-length", type=int,
+                        help="padded caption length (default: the size's 32, or the config's max_length)")
+    parser.add_argument("--jit-compile", default="off", choices=["on", "off"],
+                        help="compile(jit_compile=True): torch.compile of the train step on torch")
+
+
 def model_and_batch(args):
     """(compiled model without preprocessor, one preprocessed batch, image_ids, policy, sequence length)."""
     policy = resolve_precision(args.precision)
@@ -133,20 +146,12 @@ def model_and_batch(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="small")
-    parser.add_argument("--config", help="take the towers from a config instead of --size")
-    parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--precision", default="auto")
-    parser.add_argument("--data-format", default="auto", choices=["auto", "channels_first", "channels_last"])
+    add_model_arguments(parser)
     for flag, (_, what, default) in LEVER_FLAGS.items():
         parser.add_argument(f"--{flag}", default=default, choices=["on", "off"],
                             help=f"{what} (kclip.train's default: {default})")
     parser.add_argument("--fused-adam", default="on", choices=["on", "off"],
                         help="torch's fused Adam kernel for MultiRateAdamW's update (kclip's default: on)")
-    parser.add_argument("--sequence-length", type=int,
-                        help="padded caption length (default: the size's 32, or the config's max_length)")
-    parser.add_argument("--jit-compile", default="off", choices=["on", "off"],
-                        help="compile(jit_compile=True): torch.compile of the train step on torch")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()

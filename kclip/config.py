@@ -132,7 +132,7 @@ class TrainerConfig:
     keep_freed_memory: bool = False
     """On torch with glibc, freed memory stays in the process between steps instead of being faulted in again.
 
-    Faster (the demo's float32 step 0.79-0.88x), but at the full size the heap kept growing, so off by default;
+    Faster (the demo's float32 step 0.81-0.88x), but at the full size the heap kept growing, so off by default;
     configs/demo.yaml turns it on (its heap settles within 2.6% of the peak without it)."""
     # --- Backends and devices ---
     distribution: Literal["none", "data_parallel"] = "none"

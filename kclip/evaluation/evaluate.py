@@ -44,6 +44,7 @@ def embed_split(model, images, batch_size=64, progress=None, tokenized=None):
             bar.update(len(image_batches[-1]))
     text_batch = 4 * batch_size
     with _progress(len(captions), "Embedding captions", progress) as bar:
+        # Without `tokenized`, only `encode_text` is asked of the model (any encoder will do).
         if tokenized is not None:
             for packed in tokenized:
                 text_batches.append(model.encode_tokenized([packed]))

@@ -8,7 +8,7 @@ step faults its big buffers in again, page by page, and the kernel zero-fills ea
 first: 9,000-27,000 minor faults per float32 step at the demo's size (batch 128), 60,000-63,000
 at the small size (batch 32) and 0.46-0.64 million at the full size. With mmap off and trimming
 off, freed blocks stay in the heap and the next step reuses them: no faults once the heap has
-grown to fit a step. The steps took 0.79-0.88x, 0.89x and 0.74-0.84x the time
+grown to fit a step. The steps took 0.81-0.88x, 0.86x and 0.74-0.80x the time
 (benchmarks/results/heap-2026-11-30.jsonl, heap-settings-2026-11-30.jsonl,
 train-compare-heap-2026-11-30.jsonl).
 
