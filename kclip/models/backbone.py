@@ -7,6 +7,23 @@ from keras import ops
 from kclip.models.layers import ContrastiveLogits, L2Normalize, ProjectionHead
 
 
+def runnable_data_format(data_format):
+    """The image layout this backend can run here: `data_format`, except on TensorFlow without a GPU.
+
+    TensorFlow's CPU Conv2D takes channels-first input only through oneDNN, which TensorFlow
+    switches on by itself only on CPUs with AVX-512 VNNI/bf16 or AMX; on an AVX2-only CPU it
+    refuses NCHW. A channels-first tower (the torch default, so any file saved there) is therefore
+    built channels-last on TensorFlow without a GPU. The weights do not depend on the layout, and
+    images enter channels-last either way.
+    """
+    if data_format == "channels_first" and keras.config.backend() == "tensorflow":
+        import tensorflow as tf
+
+        if not tf.config.list_physical_devices("GPU"):
+            return "channels_last"
+    return data_format
+
+
 def _text_features(sequence_output):
     """Some KerasHub text backbones return a tensor, others a dict of outputs."""
     if isinstance(sequence_output, dict):
@@ -127,6 +144,10 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
             # channels-first tower is rebuilt channels-last and fails to load.
             encoder_config = image_encoder.setdefault("config", {})
             if "image_shape" in encoder_config:
+                runnable = runnable_data_format(data_format)
+                if runnable != data_format:
+                    encoder_config["image_shape"] = (None, None, 3)
+                    encoder_config["data_format"] = runnable
                 encoder_config.setdefault("data_format", data_format)
         for key in ("image_encoder", "text_encoder"):
             if isinstance(config[key], dict):

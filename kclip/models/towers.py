@@ -14,12 +14,13 @@ import collections
 import importlib
 import os
 import re
+import warnings
 from pathlib import Path
 
 import keras
 import keras_hub
 
-from kclip.models.backbone import DualEncoderBackbone
+from kclip.models.backbone import DualEncoderBackbone, runnable_data_format
 from kclip.models.hf_folders import adapt_hf_folder, hf_tokenizer_kwargs
 from kclip.models.preprocessor import DualEncoderPreprocessor
 from kclip.models.task import DualEncoder
@@ -94,10 +95,18 @@ def resolve_preset(name):
 
 
 def resolve_data_format(data_format="auto"):
-    """On torch, convolutions run natively channels-first; elsewhere channels-last."""
-    if data_format != "auto":
-        return data_format
-    return "channels_first" if keras.config.backend() == "torch" else "channels_last"
+    """On torch, convolutions run natively channels-first; elsewhere channels-last.
+
+    An explicit channels_first that this backend cannot run here (TensorFlow on a CPU:
+    `runnable_data_format`) becomes channels_last, with a warning.
+    """
+    if data_format == "auto":
+        return "channels_first" if keras.config.backend() == "torch" else "channels_last"
+    runnable = runnable_data_format(data_format)
+    if runnable != data_format:
+        warnings.warn(f"model.image_data_format={data_format!r} cannot run on TensorFlow without a GPU "
+                      f"(its CPU convolutions are channels-last): using {runnable!r}.", stacklevel=2)
+    return runnable
 
 
 def _keras_hub_class(name, kind):
