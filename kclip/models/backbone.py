@@ -146,7 +146,9 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
             if "image_shape" in encoder_config:
                 runnable = runnable_data_format(data_format)
                 if runnable != data_format:
-                    encoder_config["image_shape"] = (None, None, 3)
+                    # Same sizes, channels moved last: (3, H, W) -> (H, W, 3).
+                    channels, *spatial = encoder_config["image_shape"]
+                    encoder_config["image_shape"] = (*spatial, channels)
                     encoder_config["data_format"] = runnable
                 encoder_config.setdefault("data_format", data_format)
         for key in ("image_encoder", "text_encoder"):
