@@ -31,6 +31,8 @@ class ModelConfig:
     """Vocabulary file for a from-scratch text tower; when unset, built from the training captions."""
     vocabulary_size: int = 2000
     projection_dims: int = 256
+    text_pooling: Literal["first", "mean"] = "first"
+    """The text tower's sentence vector: the first token's (DistilBERT/CLIP) or the mean over real tokens."""
     dropout: float = 0.1
     loss: Literal["clip", "soft_targets"] = "clip"
     temperature: float = 1.0

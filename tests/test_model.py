@@ -185,3 +185,39 @@ def test_dynamic_padding_cuts_a_batch_to_its_longest_caption_and_keeps_the_embed
     model.preprocessor.dynamic_padding = False
     assert tuple(model.preprocessor({"captions": captions})["token_ids"].shape) == (2, 32)
     np.testing.assert_allclose(dynamic, model.encode_text(captions), atol=1e-5)
+
+
+def test_mean_text_pooling_averages_the_real_tokens_only():
+    keras.utils.set_random_seed(3)
+    model = tiny_model(text_pooling="mean")
+    backbone = model.backbone
+    packed = model.preprocessor({"captions": ["a red circle", "a blue square a green triangle"]})
+    token_ids, padding_mask = np.asarray(packed["token_ids"]), np.asarray(packed["padding_mask"])
+    assert padding_mask.sum(axis=1).tolist() == [5, 8]  # the short caption has padding to ignore
+
+    sequence = keras.ops.convert_to_numpy(
+        backbone.text_encoder({"token_ids": token_ids, "padding_mask": padding_mask})
+    )
+    mask = padding_mask[:, :, None].astype("float32")
+    expected = keras.ops.convert_to_numpy(backbone.text_head((sequence * mask).sum(1) / mask.sum(1)))
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    got = keras.ops.convert_to_numpy(backbone.embed_text(token_ids, padding_mask))
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+    keras.utils.set_random_seed(3)  # the same weights, pooled from the first token
+    first = tiny_model(text_pooling="first").backbone
+    for a, b in zip(first.text_encoder.get_weights() + first.text_head.get_weights(),
+                    backbone.text_encoder.get_weights() + backbone.text_head.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert not np.allclose(keras.ops.convert_to_numpy(first.embed_text(token_ids, padding_mask)), got, atol=1e-3)
+
+
+def test_text_pooling_is_saved_with_the_model_and_checked(tmp_path):
+    model = tiny_model(text_pooling="mean")
+    path = tmp_path / "mean.keras"
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    assert loaded.backbone.text_pooling == "mean"
+    np.testing.assert_allclose(loaded.encode_text(CAPTIONS), model.encode_text(CAPTIONS), atol=1e-6)
+    with pytest.raises(ValueError, match="text_pooling"):
+        tiny_model(text_pooling="max")

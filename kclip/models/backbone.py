@@ -36,7 +36,8 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
     """CLIP-style dual encoder over any KerasHub image and text backbones.
 
     Image tower: image backbone -> global average pooling -> projection head.
-    Text tower: text backbone -> first token's vector -> projection head.
+    Text tower: text backbone -> first token's vector (or the mean over real
+    tokens) -> projection head.
     Both end L2-normalized in float32, and `logits` are the scaled cosine
     similarities of every caption (rows) with every image (columns).
 
@@ -50,6 +51,10 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
         projection_dim: size of the shared embedding space.
         dropout: dropout rate inside the projection heads.
         initial_logit_scale: CLIP's starting inverse temperature.
+        text_pooling: "first" takes the first ([CLS]) token's vector, as
+            clip-lightning does with DistilBERT; "mean" averages the non-padding
+            tokens, which a small from-scratch text tower learns from far sooner
+            (configs/demo.yaml).
     """
 
     def __init__(
@@ -59,9 +64,13 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
         projection_dim=256,
         dropout=0.1,
         initial_logit_scale=1 / 0.07,
+        text_pooling="first",
         dtype=None,
         **kwargs,
     ):
+        if text_pooling not in ("first", "mean"):
+            raise ValueError(f"text_pooling must be 'first' or 'mean', not {text_pooling!r}.")
+        self.text_pooling = text_pooling
         # === Layers ===
         self.image_encoder = image_encoder
         self.text_encoder = text_encoder
@@ -114,7 +123,12 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
         if "segment_ids" in self.text_encoder.input:
             encoder_inputs["segment_ids"] = ops.zeros_like(token_ids)
         sequence = _text_features(self.text_encoder(encoder_inputs, training=training))
-        return self.text_normalize(self.text_head(sequence[:, 0, :], training=training))
+        if self.text_pooling == "mean":
+            mask = ops.expand_dims(ops.cast(padding_mask, sequence.dtype), -1)
+            pooled = ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1)
+        else:
+            pooled = sequence[:, 0, :]
+        return self.text_normalize(self.text_head(pooled, training=training))
 
     @property
     def logit_scale(self):
@@ -130,6 +144,7 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
                 "projection_dim": self.projection_dim,
                 "dropout": self.dropout,
                 "initial_logit_scale": self.initial_logit_scale,
+                "text_pooling": self.text_pooling,
             }
         )
         return config

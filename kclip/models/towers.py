@@ -226,6 +226,7 @@ def build_dual_encoder(model_config, sequence_length=64, vocabulary=None, dtype=
         text_encoder,
         projection_dim=model_config.projection_dims,
         dropout=model_config.dropout,
+        text_pooling=model_config.text_pooling,
         dtype=dtype,
     )
     preprocessor = DualEncoderPreprocessor(
