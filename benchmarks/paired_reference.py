@@ -25,11 +25,48 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import cpu_fields, emit  # noqa: E402
+from harness import cpu_fields, emit, minor_faults  # noqa: E402
 from reference_torch import reference_step  # noqa: E402
 from train_throughput import model_and_batch  # noqa: E402
 from compare_training import KCLIP_PRECISION  # noqa: E402
 from kclip.backends.torch.levers import training_levers  # noqa: E402
+
+
+def paired_models(size, batch_size, precision="fp32"):
+    """(kclip step, reference step, kclip's policy, sequence length): both on fixed tensors, in this process.
+
+    kclip's step must run inside `training_levers()`, as `fit` runs it.
+    """
+    import torch
+
+    kclip_args = argparse.Namespace(size=size, config=None, batch_size=batch_size,
+                                    precision=KCLIP_PRECISION[precision], sequence_length=None,
+                                    data_format="auto", jit_compile="off")
+    model, inputs, image_ids, policy, sequence_length = model_and_batch(kclip_args)
+    batch = ({key: torch.as_tensor(value) for key, value in inputs.items()}, torch.as_tensor(image_ids))
+    reference, _, _, _ = reference_step(size, batch_size, precision)
+    return (lambda: model.train_step(batch)), reference, policy, sequence_length
+
+
+def alternate(steps, blocks, steps_per_block, faults=None):
+    """{name: step seconds}: the two steps of `steps` in blocks ordered A B B A ..., each block's first step untimed.
+
+    With a dict as `faults`, it gets {name: minor page faults of each timed step}.
+    """
+    first, second = steps
+    times = {name: [] for name in steps}
+    counted = {name: [] for name in steps}
+    for block in range(blocks):
+        name = first if block % 4 in (0, 3) else second
+        for step in range(steps_per_block + 1):
+            faults_before, started = minor_faults(), time.perf_counter()
+            steps[name]()
+            if step:
+                times[name].append(time.perf_counter() - started)
+                counted[name].append(minor_faults() - faults_before)
+    if faults is not None:
+        faults.update(counted)
+    return times
 
 
 def main():
@@ -39,33 +76,25 @@ def main():
     parser.add_argument("--precision", default="fp32", choices=sorted(KCLIP_PRECISION))
     parser.add_argument("--blocks", type=int, default=12)
     parser.add_argument("--steps-per-block", type=int, default=3)
+    parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=False,
+                        help="glibc keeps freed memory in the process (kclip's heap lever), for both sides: "
+                             "malloc's settings are process-wide")
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    import torch
-
-    kclip_args = argparse.Namespace(size=args.size, config=None, batch_size=args.batch_size,
-                                    precision=KCLIP_PRECISION[args.precision], sequence_length=None,
-                                    data_format="auto", jit_compile="off")
-    model, inputs, image_ids, policy, sequence_length = model_and_batch(kclip_args)
-    batch = ({key: torch.as_tensor(value) for key, value in inputs.items()}, torch.as_tensor(image_ids))
-    reference, _, _, _ = reference_step(args.size, args.batch_size, args.precision)
-    with training_levers():
-        steps = {"kclip": lambda: model.train_step(batch), "reference": reference}
-        times = {name: [] for name in steps}
-        for block in range(args.blocks):
-            name = "kclip" if block % 4 in (0, 3) else "reference"
-            for step in range(args.steps_per_block + 1):
-                started = time.perf_counter()
-                steps[name]()
-                if step:
-                    times[name].append(time.perf_counter() - started)
+    kclip, reference, policy, sequence_length = paired_models(args.size, args.batch_size, args.precision)
+    faults = {}
+    with training_levers(keep_freed_memory=args.keep_freed_memory):
+        times = alternate({"kclip": kclip, "reference": reference}, args.blocks, args.steps_per_block, faults)
     kclip_step, reference_step_s = (statistics.median(times[name]) for name in ("kclip", "reference"))
     emit({"benchmark": "paired_reference", "size": args.size, "batch_size": args.batch_size,
           "precision": args.precision, "kclip_policy": policy, "sequence_length": sequence_length,
           "steps_each": len(times["kclip"]), "kclip_median_step_s": round(kclip_step, 4),
           "reference_median_step_s": round(reference_step_s, 4),
           "kclip_over_reference": round(kclip_step / reference_step_s, 3),
+          "keep_freed_memory": args.keep_freed_memory,
+          "kclip_minor_faults_per_step": statistics.median(faults["kclip"]),
+          "reference_minor_faults_per_step": statistics.median(faults["reference"]),
           **cpu_fields(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.out)
 
 
