@@ -37,13 +37,13 @@ def main():
     model = kclip.load_model(os.path.join(run, "model.keras"))
     index = os.path.join(run, "index")
     records = load_records(config.data, run, seed=config.trainer.seed, check_images=False)
-    held_out = records.for_split("test")
+    held_out, train_images = records.for_split("test"), records.for_split("train")
     name_of = {os.path.basename(image.image_path): image.captions[0] for image in held_out}
 
     queries = []
     for query in config.demo_queries:
         results = kclip.search(query, model=model, index=index, top_k=5)
-        queries.append({"query": query, "unseen_words": unseen_words(query, records.for_split("train")),
+        queries.append({"query": query, "unseen_words": unseen_words(query, train_images),
                         "top5": [[name_of[result.path.name], round(float(result.score), 3)] for result in results]})
 
     pictures = []

@@ -32,7 +32,7 @@ def profile_side(side, size, batch_size, steps):
     if side == "reference":
         from reference_torch import reference_step
 
-        step, *_ = reference_step(size, batch_size)
+        step = reference_step(size, batch_size)[0]
         for _ in range(2):
             step()
         with torch.profiler.profile() as profile:
@@ -107,15 +107,16 @@ def main():
     sys.path.insert(0, HERE)
     from harness import cpu_fields, emit
 
-    tables = {}
     if args.in_process:
         os.environ.setdefault("KERAS_BACKEND", "torch")
         tables = profile_in_process(args.size, args.batch_size, args.steps, args.by_shape)
-    for side in () if args.in_process else ("kclip", "reference"):
-        command = [sys.executable, __file__, "--side", side, "--size", args.size,
-                   "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
-        output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-        tables[side] = json.loads(output.strip().splitlines()[-1])
+    else:
+        tables = {}
+        for side in ("kclip", "reference"):
+            command = [sys.executable, __file__, "--side", side, "--size", args.size,
+                       "--batch-size", str(args.batch_size), "--steps", str(args.steps)]
+            output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+            tables[side] = json.loads(output.strip().splitlines()[-1])
     names = set(tables["kclip"]) | set(tables["reference"])
 
     def milliseconds(side, name):

@@ -32,10 +32,10 @@ from compare_training import KCLIP_PRECISION  # noqa: E402
 from kclip.backends.torch.levers import training_levers  # noqa: E402
 
 
-def paired_models(size, batch_size, precision="fp32"):
-    """(kclip step, reference step, kclip's policy, sequence length): both on fixed tensors, in this process.
+def kclip_step(size, batch_size, precision="fp32"):
+    """(step(), model, policy, sequence length): kclip's `train_step` on one fixed batch, as torch tensors.
 
-    kclip's step must run inside `training_levers()`, as `fit` runs it.
+    The step must run inside `training_levers()`, as `fit` runs it.
     """
     import torch
 
@@ -44,8 +44,14 @@ def paired_models(size, batch_size, precision="fp32"):
                                     data_format="auto", jit_compile="off")
     model, inputs, image_ids, policy, sequence_length = model_and_batch(kclip_args)
     batch = ({key: torch.as_tensor(value) for key, value in inputs.items()}, torch.as_tensor(image_ids))
-    reference, _, _, _ = reference_step(size, batch_size, precision)
-    return (lambda: model.train_step(batch)), reference, policy, sequence_length
+    return (lambda: model.train_step(batch)), model, policy, sequence_length
+
+
+def paired_models(size, batch_size, precision="fp32"):
+    """(kclip step, reference step, kclip's policy, sequence length): both on fixed tensors, in this process."""
+    kclip, _, policy, sequence_length = kclip_step(size, batch_size, precision)
+    reference = reference_step(size, batch_size, precision)[0]
+    return kclip, reference, policy, sequence_length
 
 
 def alternate(steps, blocks, steps_per_block, faults=None):

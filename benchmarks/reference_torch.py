@@ -144,7 +144,7 @@ class DualEncoder(nn.Module):
 
 
 def reference_step(size_name, batch, precision="fp32", channels_last=True, fused_adam=True):
-    """(step(), model, device, fused): one training step of the reference at `size_name`, on fixed host tensors."""
+    """(step(), model, optimizer, device, fused): one training step of the reference at `size_name`, on fixed host tensors."""
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = SIZES[size_name]
@@ -183,7 +183,7 @@ def reference_step(size_name, batch, precision="fp32", channels_last=True, fused
         scaler.step(optimizer)
         scaler.update()
 
-    return step, model, device, fused
+    return step, model, optimizer, device, fused
 
 
 def main():
@@ -209,7 +209,7 @@ def main():
         spec.loader.exec_module(heap)
         heap.keep_freed_memory()
 
-    step, model, device, fused = reference_step(args.size, args.batch_size, args.precision, args.channels_last,
+    step, model, _, device, fused = reference_step(args.size, args.batch_size, args.precision, args.channels_last,
                                          args.fused_adam)
     size = SIZES[args.size]
     batch, image_size, length = args.batch_size, size["image_size"], size["sequence_length"]

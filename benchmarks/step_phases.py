@@ -3,13 +3,13 @@
     python benchmarks/step_phases.py --size small --rounds 3 --out benchmarks/results/step-phases-DATE.jsonl
 
 Both models live in one process and take turns, ABBA, as in paired_reference.py. Each step is timed in
-three parts: the forward pass with the loss, `backward()`, and the optimizer's update (kclip: the body of
-`DualEncoder.train_step` on torch, under its training levers; the reference: benchmarks/reference_torch.py's
-model with torch's fused Adam). Then the image tower's forward alone runs under torch's profiler on each
+three parts: the forward pass with the loss, `backward()`, and the optimizer's update. Each side runs its own
+step unchanged (kclip: `DualEncoder.train_step` under its training levers; the reference:
+benchmarks/reference_torch.py's step), with `backward` and the update wrapped to mark the times. Then the image tower's forward alone runs under torch's profiler on each
 side, twice: its wall time against the sum of its ops' own time says how much of it is Python between the
 ops (Keras' layer calls) rather than kernels. Each step also counts its minor page faults, and
---keep-freed-memory runs both sides with glibc keeping freed memory. Prints one JSON line with every median and the image forward's
-most different ops. float32, torch only.
+--keep-freed-memory runs both sides with glibc keeping freed memory. Prints one JSON line with every
+median and the image forward's most different ops. float32, torch only.
 """
 import argparse
 import collections
@@ -22,73 +22,62 @@ os.environ.setdefault("KERAS_BACKEND", "torch")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from harness import cpu_fields, emit, minor_faults  # noqa: E402
+from paired_reference import kclip_step  # noqa: E402
 from reference_torch import SIZES, reference_step  # noqa: E402
-from train_throughput import model_and_batch  # noqa: E402
 from kclip.backends.torch.levers import training_levers  # noqa: E402
 
 
-def kclip_side(size, batch_size):
-    """(phased step, image forward) for kclip: the torch branch of DualEncoder.train_step, timed in parts."""
+def phased(step, optimizer, update_method):
+    """`step` as a function returning its parts' seconds: the real step, with `Tensor.backward` and the
+    optimizer's `update_method` wrapped to mark when each starts and ends (forward = until backward)."""
     import torch
 
-    args = argparse.Namespace(size=size, config=None, batch_size=batch_size, precision="float32",
-                              sequence_length=None, data_format="auto", jit_compile="off")
-    model, inputs, image_ids, _, _ = model_and_batch(args)
-    inputs = {key: torch.as_tensor(value) for key, value in inputs.items()}
-    image_ids = torch.as_tensor(image_ids)
+    marks = {}
 
-    def step():
+    def marked(name, function):
+        def wrapper(*args, **kwargs):
+            marks[f"{name}_start"] = time.perf_counter()
+            result = function(*args, **kwargs)
+            marks[f"{name}_end"] = time.perf_counter()
+            return result
+        return wrapper
+
+    setattr(optimizer, update_method, marked("update", getattr(optimizer, update_method)))
+
+    def run():
+        backward = torch.Tensor.backward
+        torch.Tensor.backward = marked("backward", backward)
         faults, started = minor_faults(), time.perf_counter()
-        model.zero_grad()
-        outputs = model(inputs, training=True)
-        loss, text_to_image, image_to_text = model._loss_and_metrics(outputs, image_ids)
-        forward_done = time.perf_counter()
-        model.optimizer.scale_loss(loss).backward()
-        backward_done = time.perf_counter()
-        variables = [v for v in model.trainable_weights if v.value.grad is not None]
-        with torch.no_grad():
-            model.optimizer.apply([v.value.grad for v in variables], variables)
-        model._update_metrics(loss, text_to_image, image_to_text)
+        try:
+            step()
+        finally:
+            torch.Tensor.backward = backward
         done = time.perf_counter()
-        return {"forward": forward_done - started, "backward": backward_done - forward_done,
-                "update": done - backward_done, "step": done - started, "minor_faults": minor_faults() - faults}
+        return {"forward": marks["backward_start"] - started,
+                "backward": marks["backward_end"] - marks["backward_start"],
+                "update": marks["update_end"] - marks["update_start"],
+                "step": done - started, "minor_faults": minor_faults() - faults}
 
-    images = inputs["images"]
-    if model.backbone.image_data_format == "channels_first":
-        images = images.permute(0, 3, 1, 2).contiguous()
-    return step, lambda: model.backbone.image_encoder(images, training=True)
+    return run
 
 
-def reference_side(size, batch_size):
-    """(phased step, image forward) for the reference: its step from reference_torch.py, timed in parts."""
+def sides(size, batch_size):
+    """{side: (phased step, image tower forward)}: kclip's `train_step` (its optimizer's `apply` is the
+    update) and the reference's step (`optimizer.step`), with one image batch for both towers."""
     import torch
 
-    _, model, _, _ = reference_step(size, batch_size)
-    groups = [
-        {"params": list(model.image_encoder.parameters()), "lr": 1e-4},
-        {"params": list(model.text_encoder.parameters()), "lr": 1e-5},
-        {"params": [*model.image_head.parameters(), *model.text_head.parameters(), model.log_logit_scale], "lr": 1e-3},
-    ]
-    optimizer = torch.optim.Adam(groups, fused=True)
-    config = SIZES[size]
-    images = torch.randn(batch_size, 3, config["image_size"], config["image_size"])
-    images = images.contiguous(memory_format=torch.channels_last)
-    token_ids = torch.randint(5, config["bert"]["vocabulary_size"], (batch_size, config["sequence_length"]))
-    padding_mask = torch.ones(batch_size, config["sequence_length"], dtype=torch.bool)
-
-    def step():
-        faults, started = minor_faults(), time.perf_counter()
-        optimizer.zero_grad(set_to_none=True)
-        loss = model(images, token_ids, padding_mask)
-        forward_done = time.perf_counter()
-        loss.backward()
-        backward_done = time.perf_counter()
-        optimizer.step()
-        done = time.perf_counter()
-        return {"forward": forward_done - started, "backward": backward_done - forward_done,
-                "update": done - backward_done, "step": done - started, "minor_faults": minor_faults() - faults}
-
-    return step, lambda: model.image_encoder(images)
+    kclip, model, _, _ = kclip_step(size, batch_size)
+    reference, reference_model, optimizer, _, _ = reference_step(size, batch_size)
+    image_size = SIZES[size]["image_size"]
+    images = torch.randn(batch_size, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
+    # kclip's tower on torch is channels-first and gets its batch contiguous, as its backbone hands it over.
+    kclip_images = images.contiguous() if model.backbone.image_data_format == "channels_first" else (
+        images.permute(0, 2, 3, 1).contiguous())
+    return {
+        "kclip": (phased(kclip, model.optimizer, "apply"),
+                  lambda: model.backbone.image_encoder(kclip_images, training=True)),
+        "reference": (phased(reference, optimizer, "step"), lambda: reference_model.image_encoder(images)),
+    }
 
 
 def profiled(forward):
@@ -115,24 +104,24 @@ def main():
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    sides = {"kclip": kclip_side(args.size, args.batch_size), "reference": reference_side(args.size, args.batch_size)}
-    phases = {name: collections.defaultdict(list) for name in sides}
-    forwards = {name: [] for name in sides}
+    steps = sides(args.size, args.batch_size)
+    phases = {name: collections.defaultdict(list) for name in steps}
+    forwards = {name: [] for name in steps}
     with training_levers(keep_freed_memory=args.keep_freed_memory):
         for name in ("kclip", "kclip", "reference", "reference"):
-            sides[name][0]()
+            steps[name][0]()
         for name in ["kclip", "reference", "reference", "kclip"] * args.rounds:
             for index in range(3):
-                times = sides[name][0]()
+                times = steps[name][0]()
                 for phase, seconds in times.items():
                     if index:
                         phases[name][phase].append(seconds)
         for name in ["kclip", "reference"] * 2:
-            forwards[name].append(profiled(sides[name][1]))
+            forwards[name].append(profiled(steps[name][1]))
 
     line = {"benchmark": "step_phases", "size": args.size, "batch_size": args.batch_size, "precision": "fp32",
             "steps_each": len(phases["kclip"]["step"]), "keep_freed_memory": args.keep_freed_memory}
-    for name in sides:
+    for name in steps:
         for phase, values in phases[name].items():
             unit = "" if phase == "minor_faults" else "_s"
             line[f"{name}_{phase}{unit}"] = round(statistics.median(values), 4)
