@@ -8,8 +8,9 @@ step unchanged (kclip: `DualEncoder.train_step` under its training levers; the r
 benchmarks/reference_torch.py's step), with `backward` and the update wrapped to mark the times. Then the image tower's forward alone runs under torch's profiler on each
 side, twice: its wall time against the sum of its ops' own time says how much of it is Python between the
 ops (Keras' layer calls) rather than kernels. Each step also counts its minor page faults, and
---keep-freed-memory runs both sides with glibc keeping freed memory. Prints one JSON line with every
-median and the image forward's most different ops. float32, torch only.
+--keep-freed-memory runs both sides with glibc keeping freed memory. --precision bf16 runs kclip under
+mixed_bfloat16 and the reference under bf16 autocast (its step's own, and around its image forward).
+Prints one JSON line with every median and the image forward's most different ops. torch only.
 """
 import argparse
 import collections
@@ -61,13 +62,14 @@ def phased(step, optimizer, update_method):
     return run
 
 
-def sides(size, batch_size):
+def sides(size, batch_size, precision="fp32"):
     """{side: (phased step, image tower forward)}: kclip's `train_step` (its optimizer's `apply` is the
     update) and the reference's step (`optimizer.step`), with one image batch for both towers."""
     import torch
 
-    kclip, model, _, _ = kclip_step(size, batch_size)
-    reference, reference_model, optimizer, _, _ = reference_step(size, batch_size)
+    kclip, model, _, _ = kclip_step(size, batch_size, precision)
+    reference, reference_model, optimizer, device, _ = reference_step(size, batch_size, precision)
+    autocast_dtype = {"fp32": None, "bf16": torch.bfloat16}[precision]
     image_size = SIZES[size]["image_size"]
     images = torch.randn(batch_size, 3, image_size, image_size).contiguous(memory_format=torch.channels_last)
     # kclip's tower on torch is channels-first and gets its batch contiguous, as its backbone hands it over.
@@ -76,8 +78,16 @@ def sides(size, batch_size):
     return {
         "kclip": (phased(kclip, model.optimizer, "apply"),
                   lambda: model.backbone.image_encoder(kclip_images, training=True)),
-        "reference": (phased(reference, optimizer, "step"), lambda: reference_model.image_encoder(images)),
+        "reference": (phased(reference, optimizer, "step"), lambda: autocast_forward(
+            reference_model.image_encoder, images, device, autocast_dtype)),
     }
+
+
+def autocast_forward(module, inputs, device, dtype):
+    import torch
+
+    with torch.autocast(device, dtype=dtype or torch.float32, enabled=dtype is not None):
+        return module(inputs)
 
 
 def profiled(forward):
@@ -97,6 +107,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", default="small", choices=["small", "full"])
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--rounds", type=int, default=3, help="ABBA rounds; each block is 3 steps, the first untimed")
     parser.add_argument("--top", type=int, default=6)
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=False,
@@ -104,7 +115,7 @@ def main():
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    steps = sides(args.size, args.batch_size)
+    steps = sides(args.size, args.batch_size, args.precision)
     phases = {name: collections.defaultdict(list) for name in steps}
     forwards = {name: [] for name in steps}
     with training_levers(keep_freed_memory=args.keep_freed_memory):
@@ -119,7 +130,7 @@ def main():
         for name in ["kclip", "reference"] * 2:
             forwards[name].append(profiled(steps[name][1]))
 
-    line = {"benchmark": "step_phases", "size": args.size, "batch_size": args.batch_size, "precision": "fp32",
+    line = {"benchmark": "step_phases", "size": args.size, "batch_size": args.batch_size, "precision": args.precision,
             "steps_each": len(phases["kclip"]["step"]), "keep_freed_memory": args.keep_freed_memory}
     for name in steps:
         for phase, values in phases[name].items():
