@@ -64,7 +64,7 @@ def main():
 
     batch = ({key: torch.as_tensor(value) for key, value in inputs.items()}, torch.as_tensor(image_ids))
     times, faults, trace = [], [], []
-    with training_levers(keep_freed_memory=False):  # the setting under test is applied above
+    with training_levers(keep_freed_memory=False, model=model):  # the setting under test is applied above
         for _ in range(3):
             model.train_step(batch)
         for step in range(args.steps):

@@ -76,10 +76,11 @@ def main():
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    forwards = {name: parts[1] for name, parts in sides(args.size, args.batch_size, args.precision).items()}
+    steps = sides(args.size, args.batch_size, args.precision)
+    forwards = {name: parts[1] for name, parts in steps.items()}
     line = {"benchmark": "image_forward_ops", "size": args.size, "batch_size": args.batch_size,
             "precision": args.precision}
-    with training_levers():
+    with training_levers(model=steps["kclip"][2]):
         for name, forward in forwards.items():
             forward(), forward()
             line[f"{name}_ops"] = [{"op": op, "inputs": list(inputs), "output": output, "count": count}

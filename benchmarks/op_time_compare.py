@@ -47,7 +47,7 @@ def profile_side(side, size, batch_size, steps):
         add_model_arguments(parser)
         model, inputs, image_ids, _, _ = model_and_batch(
             parser.parse_args(["--size", size, "--batch-size", str(batch_size), "--precision", "float32"]))
-        with training_levers():
+        with training_levers(model=model):
             time_fit_steps(model, inputs, image_ids, 2, 1, lambda: None)
             with torch.profiler.profile() as profile:
                 time_fit_steps(model, inputs, image_ids, 0, steps, lambda: None)
@@ -70,10 +70,10 @@ def profile_in_process(size, batch_size, rounds, by_shape):
 
     from kclip.backends.torch.levers import training_levers
 
-    kclip, reference, _, _ = paired_models(size, batch_size)
+    kclip, reference, _, _, model = paired_models(size, batch_size)
     steps = {"kclip": kclip, "reference": reference}
     tables = {side: collections.defaultdict(lambda: [0.0, 0.0]) for side in steps}
-    with training_levers():
+    with training_levers(model=model):
         for step in (kclip, kclip, reference, reference):
             step()
         for side in ["kclip", "reference", "reference", "kclip"] * rounds:

@@ -44,7 +44,7 @@ def main():
     model.train_step(batch)  # builds the optimizer's variables
     for block in range(args.blocks):
         lever_on = block % 4 in (0, 3)
-        with training_levers(**{args.lever: lever_on}):
+        with training_levers(**{args.lever: lever_on}, model=model):
             for step in range(args.steps_per_block + 1):
                 started = time.perf_counter()
                 model.train_step(batch)

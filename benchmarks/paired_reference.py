@@ -35,7 +35,7 @@ from kclip.backends.torch.levers import training_levers  # noqa: E402
 def kclip_step(size, batch_size, precision="fp32"):
     """(step(), model, policy, sequence length): kclip's `train_step` on one fixed batch, as torch tensors.
 
-    The step must run inside `training_levers()`, as `fit` runs it.
+    The step must run inside `training_levers(model=model)`, as `fit` runs it.
     """
     import torch
 
@@ -48,10 +48,11 @@ def kclip_step(size, batch_size, precision="fp32"):
 
 
 def paired_models(size, batch_size, precision="fp32"):
-    """(kclip step, reference step, kclip's policy, sequence length): both on fixed tensors, in this process."""
-    kclip, _, policy, sequence_length = kclip_step(size, batch_size, precision)
+    """(kclip step, reference step, kclip's policy, sequence length, kclip's model): both steps on fixed
+    tensors, in this process; the model goes to `training_levers(model=...)`, as `kclip.train` hands it."""
+    kclip, model, policy, sequence_length = kclip_step(size, batch_size, precision)
     reference = reference_step(size, batch_size, precision)[0]
-    return kclip, reference, policy, sequence_length
+    return kclip, reference, policy, sequence_length, model
 
 
 def alternate(steps, blocks, steps_per_block, faults=None):
@@ -88,9 +89,9 @@ def main():
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    kclip, reference, policy, sequence_length = paired_models(args.size, args.batch_size, args.precision)
+    kclip, reference, policy, sequence_length, model = paired_models(args.size, args.batch_size, args.precision)
     faults = {}
-    with training_levers(keep_freed_memory=args.keep_freed_memory):
+    with training_levers(keep_freed_memory=args.keep_freed_memory, model=model):
         times = alternate({"kclip": kclip, "reference": reference}, args.blocks, args.steps_per_block, faults)
     kclip_step, reference_step_s = (statistics.median(times[name]) for name in ("kclip", "reference"))
     emit({"benchmark": "paired_reference", "size": args.size, "batch_size": args.batch_size,

@@ -70,8 +70,8 @@ def main():
 
     import torch
 
-    kclip, reference, policy, sequence_length = paired_models(args.size, args.batch_size, "fp32")
-    with training_levers():
+    kclip, reference, policy, sequence_length, model = paired_models(args.size, args.batch_size, "fp32")
+    with training_levers(model=model):
         kclip()  # the first step builds the optimizer's variables; count a steady one
         flops = {"kclip": step_flops(kclip), "reference": step_flops(reference)}
         times = alternate({"kclip": kclip, "reference": reference}, args.blocks, args.steps_per_block)

@@ -63,7 +63,7 @@ def phased(step, optimizer, update_method):
 
 
 def sides(size, batch_size, precision="fp32"):
-    """{side: (phased step, image tower forward)}: kclip's `train_step` (its optimizer's `apply` is the
+    """{side: (phased step, image tower forward, model for `training_levers`)}: kclip's `train_step` (its optimizer's `apply` is the
     update) and the reference's step (`optimizer.step`), with one image batch for both towers."""
     import torch
 
@@ -77,9 +77,9 @@ def sides(size, batch_size, precision="fp32"):
         images.permute(0, 2, 3, 1).contiguous())
     return {
         "kclip": (phased(kclip, model.optimizer, "apply"),
-                  lambda: model.backbone.image_encoder(kclip_images, training=True)),
+                  lambda: model.backbone.image_encoder(kclip_images, training=True), model),
         "reference": (phased(reference, optimizer, "step"), lambda: autocast_forward(
-            reference_model.image_encoder, images, device, autocast_dtype)),
+            reference_model.image_encoder, images, device, autocast_dtype), None),
     }
 
 
@@ -118,7 +118,7 @@ def main():
     steps = sides(args.size, args.batch_size, args.precision)
     phases = {name: collections.defaultdict(list) for name in steps}
     forwards = {name: [] for name in steps}
-    with training_levers(keep_freed_memory=args.keep_freed_memory):
+    with training_levers(keep_freed_memory=args.keep_freed_memory, model=steps["kclip"][2]):
         for name in ("kclip", "kclip", "reference", "reference"):
             steps[name][0]()
         for name in ["kclip", "reference", "reference", "kclip"] * args.rounds:

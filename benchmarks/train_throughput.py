@@ -165,7 +165,8 @@ def main():
         if torch.cuda.is_available():
             synchronize = torch.cuda.synchronize
     getattr(model.optimizer, "inner_optimizer", model.optimizer).fused = args.fused_adam == "on"
-    with training_levers(**{keyword: lever_setting(args, flag) == "on" for flag, (keyword, *_) in LEVER_FLAGS.items()}):
+    with training_levers(**{keyword: lever_setting(args, flag) == "on" for flag, (keyword, *_) in LEVER_FLAGS.items()},
+                         model=model):
         faults = []
         times = time_fit_steps(model, inputs, image_ids, args.warmup, args.steps, synchronize, faults)
     report(

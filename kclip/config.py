@@ -126,7 +126,7 @@ class TrainerConfig:
     release_intermediates: bool = True
     """Free each activation of a functional model after its last use while training (same math, less memory)."""
     fast_conv_kernels: bool = True
-    """On torch, hand conv kernels to torch in its own layout while training (same values, faster)."""
+    """On torch, keep conv kernels in torch's own memory order while training (same values, no layout copies)."""
     fused_attention: bool = True
     """On torch, attention with dropout runs as torch's fused kernel while training (same math, faster)."""
     fold_pool_padding: bool = True

@@ -12,11 +12,20 @@ from kclip.models import optimizers
 pytestmark = pytest.mark.torch_only  # torch kernels
 
 
-def adam_steps(fused, weight_decay):
+class Weights:
+    """What `keep_kernels_in_torch_order` reads from a model: its `weights`."""
+
+    def __init__(self, weights):
+        self.weights = weights
+
+
+def adam_steps(fused, weight_decay, torch_order=False):
     import torch
 
     rng = np.random.default_rng(0)
     variables = [keras.Variable(rng.normal(size=shape).astype("float32")) for shape in [(3, 3, 4, 5), (7,), (10, 6)]]
+    if torch_order:  # the conv kernel as `fit` holds it with fast conv kernels: not contiguous
+        assert len(conv_layout.keep_kernels_in_torch_order(Weights(variables))) == 1
     optimizer = optimizers.MultiRateAdamW(learning_rate=1e-2, weight_decay=weight_decay, fused=fused)
     optimizer.set_variable_multipliers([(0.1, variables[:1])])
     for _ in range(5):
@@ -25,6 +34,11 @@ def adam_steps(fused, weight_decay):
             *reversed(range(len(v.shape)))) for v in variables]
         with torch.no_grad():
             optimizer.apply(gradients, variables)
+    if torch_order:
+        # The moments follow the kernel's memory order, and the kernel keeps it.
+        kernel = variables[0].value
+        momentum = optimizer._momentums[optimizer._get_variable_index(variables[0])].value
+        assert conv_layout._in_torch_order(kernel) and momentum.stride() == kernel.stride()
     return [v.numpy() for v in variables]
 
 
@@ -33,6 +47,13 @@ def test_fused_adam_matches_keras_adam_with_learning_rate_groups(weight_decay):
     assert fused_adam.kernel() is not None
     expected = adam_steps(fused=False, weight_decay=weight_decay)
     actual = adam_steps(fused=True, weight_decay=weight_decay)
+    for want, got in zip(expected, actual):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_adam_updates_kernels_kept_in_torch_order_as_keras_adam_does():
+    expected = adam_steps(fused=False, weight_decay=0.1)
+    actual = adam_steps(fused=True, weight_decay=0.1, torch_order=True)
     for want, got in zip(expected, actual):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
@@ -74,13 +95,55 @@ def test_fast_conv_kernels_take_float32_and_cpu_bf16_kernels(dtype, fast):
     assert torch.equal(result, kernel.permute(3, 2, 0, 1))
 
 
+def test_kernels_kept_in_torch_order_reach_torch_as_views_and_compute_what_the_copy_computes():
+    import torch
+
+    inputs = np.random.default_rng(3).normal(size=(2, 7, 7, 4)).astype("float32")
+    images = torch.tensor(inputs).permute(0, 3, 1, 2)
+    keras.utils.set_random_seed(0)
+    layer = keras.layers.Conv2D(6, 3, padding="same", data_format="channels_first")
+    layer.build((None, 4, 7, 7))
+    kernel = layer.kernel.value
+    before = kernel.detach().clone()
+
+    def output_and_gradient():
+        outputs = layer(images)
+        return outputs.detach().numpy(), torch.autograd.grad((outputs**2).sum(), [kernel])[0].numpy()
+
+    with conv_layout.enabled(True):
+        copied = output_and_gradient()  # kernel contiguous: the 2-D transpose copy
+    with conv_layout.enabled(True, model=layer):
+        assert layer.kernel.value is kernel and conv_layout._in_torch_order(kernel)
+        handed = conv_layout._transpose_conv_kernel(kernel, keras_transpose=None)
+        assert handed.data_ptr() == kernel.data_ptr()  # no copy
+        assert handed.is_contiguous(memory_format=torch.channels_last)
+        viewed = output_and_gradient()
+    # The same kernel values in the same memory order reach the same torch kernel: equal to the bit.
+    for want, got in zip(copied, viewed):
+        np.testing.assert_array_equal(got, want)
+    assert kernel.is_contiguous() and torch.equal(kernel, before)  # Keras' order again after the block
+
+
+def test_a_model_saved_with_kernels_in_torch_order_loads_with_the_same_weights(tmp_path):
+    from helpers import tiny_model
+
+    model = tiny_model()
+    with conv_layout.enabled(True, model=model):
+        assert any(conv_layout._in_torch_order(w.value) and w.value.ndim == 4 for w in model.weights)
+        model.save(tmp_path / "model.keras")
+        saved = [w.numpy() for w in model.weights]
+    reloaded = keras.saving.load_model(tmp_path / "model.keras")
+    for want, got in zip(saved, (w.numpy() for w in reloaded.weights)):
+        np.testing.assert_array_equal(got, want)
+
+
 def test_a_training_step_with_every_lever_matches_plain_keras():
     from kclip.backends.torch.levers import training_levers
 
     def step(levers):
         model, inputs, image_ids = seeded_model_and_batch()
         model.optimizer.fused = levers
-        with training_levers(levers, levers, levers, levers, levers):
+        with training_levers(levers, levers, levers, levers, levers, model=model):
             losses = [float(model.train_step((inputs, image_ids))["loss"]) for _ in range(3)]
         return losses, [w.numpy() for w in model.trainable_weights]
 

@@ -52,12 +52,19 @@ def update(fused_adam, optimizer, grads, variables, learning_rate, step):
     params = [variable.value for variable in variables]
     steps = [torch.tensor(step, dtype=torch.float32, device=params[0].device)] * len(params)
     indices = [optimizer._get_variable_index(v) for v in variables]
+    momentums = [optimizer._momentums[i].value for i in indices]
+    velocities = [optimizer._velocities[i].value for i in indices]
+    grads = [grad.to(param.dtype) for grad, param in zip(grads, params)]
+    for param, momentum, velocity in zip(params, momentums, velocities):
+        _follow_layout(momentum, param)
+        _follow_layout(velocity, param)
+    grads = [_laid_out_as(grad, param) for grad, param in zip(grads, params)]
+    # The kernel walks raw memory, so each tensor is handed over as a contiguous view of its
+    # memory, in the same order for a parameter, its gradient and both moments.
+    orders = [_memory_order(param) for param in params]
     fused_adam(
-        params,
-        # The kernel walks raw memory, so gradients must be laid out as their parameters are.
-        [grad.to(param.dtype).contiguous() for grad, param in zip(grads, params)],
-        [optimizer._momentums[i].value for i in indices],
-        [optimizer._velocities[i].value for i in indices],
+        *[[tensor if order is None else tensor.permute(order) for tensor, order in zip(tensors, orders)]
+          for tensors in (params, grads, momentums, velocities)],
         [],
         steps,
         lr=learning_rate,
@@ -68,3 +75,30 @@ def update(fused_adam, optimizer, grads, variables, learning_rate, step):
         amsgrad=False,
         maximize=False,
     )
+
+
+def _memory_order(tensor):
+    """None for a contiguous tensor; else its dimensions from the outermost in memory to the
+    innermost, which permute a dense tensor (a conv kernel kept in torch's order) into a
+    contiguous view."""
+    if tensor.is_contiguous():
+        return None
+    return sorted(range(tensor.ndim), key=lambda dim: (-tensor.stride(dim), dim))
+
+
+def _follow_layout(moment, param):
+    """Gives an Adam moment its parameter's memory order, once, keeping its values."""
+    if moment.stride() != param.stride():
+        import torch
+
+        with torch.no_grad():
+            moment.data = torch.empty_like(param, dtype=moment.dtype).copy_(moment)
+
+
+def _laid_out_as(grad, param):
+    """`grad` with `param`'s strides: a view when it has them, else one copy."""
+    if grad.stride() == param.stride():
+        return grad
+    import torch
+
+    return torch.empty_like(param, dtype=grad.dtype).copy_(grad)

@@ -10,7 +10,8 @@ from kclip.backends.torch import conv_layout, fused_attention, fused_batch_norm,
 
 @contextlib.contextmanager
 def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fast_conv_kernels=True,
-                    fused_attention_kernel=True, fold_pool_padding=True, keep_freed_memory=False):
+                    fused_attention_kernel=True, fold_pool_padding=True, keep_freed_memory=False, *,
+                    model=None):
     """The measured speed and memory levers that apply while `fit` runs (on by default, except
     `keep_freed_memory`, whose heap kept growing at the full size: see kclip/backends/torch/heap.py).
 
@@ -18,6 +19,9 @@ def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fa
     records what each one gives. On JAX and TensorFlow the step is traced and compiled, and
     the compiler already fuses and frees what these levers handle, so they switch off,
     silently: the config is the same on every backend.
+
+    `model` is the model about to be trained: with `fast_conv_kernels`, its conv kernels are
+    stored in torch's memory order first (kclip/backends/torch/conv_layout.py).
     """
     if keras.config.backend() != "torch":
         yield
@@ -25,7 +29,7 @@ def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fa
     with contextlib.ExitStack() as levers:
         levers.enter_context(fused_batch_norm.enabled(fused_batch_norm_kernel))
         levers.enter_context(graph_memory.enabled(release_intermediates))
-        levers.enter_context(conv_layout.enabled(fast_conv_kernels))
+        levers.enter_context(conv_layout.enabled(fast_conv_kernels, model))
         levers.enter_context(fused_attention.enabled(fused_attention_kernel))
         # Folding needs graph_memory's graph runner: with release_intermediates off it changes nothing.
         levers.enter_context(padded_pooling.enabled(fold_pool_padding))
