@@ -68,6 +68,23 @@ def machine():
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")
 
 
+def cpu_family_and_model():
+    """{"cpu_family": int, "cpu_model_number": int} from /proc/cpuinfo (x86 Linux), else {}."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as file:
+            for line in file:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model") and value.strip().isdigit():
+                    fields.setdefault("cpu_family" if key == "cpu family" else "cpu_model_number", int(value))
+                if not line.strip() and fields:
+                    break  # the first processor's block is enough
+    except OSError:
+        pass
+    return fields
+
+
 def cpu_fields():
     """The CPU kind and how busy the shared machine was: every JSON line carries them.
 
@@ -79,6 +96,8 @@ def cpu_fields():
     info = cpu_info()
     return {
         "cpu_model": info["model"],
+        # VMs name every AMD kind "AMD EPYC": family and model tell Zen 3 (25, 1) from the bf16 kind (26, 2).
+        **cpu_family_and_model(),
         "cpu_flags": [flag for flag in CPU_FLAGS if flag in info["flags"]],
         "cpu_count": os.cpu_count(),
         "loadavg_1m": round(os.getloadavg()[0], 2),

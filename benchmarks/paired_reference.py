@@ -47,11 +47,11 @@ def kclip_step(size, batch_size, precision="fp32"):
     return (lambda: model.train_step(batch)), model, policy, sequence_length
 
 
-def paired_models(size, batch_size, precision="fp32"):
+def paired_models(size, batch_size, precision="fp32", reference_inplace=True):
     """(kclip step, reference step, kclip's policy, sequence length, kclip's model): both steps on fixed
     tensors, in this process; the model goes to `training_levers(model=...)`, as `kclip.train` hands it."""
     kclip, model, policy, sequence_length = kclip_step(size, batch_size, precision)
-    reference = reference_step(size, batch_size, precision)[0]
+    reference = reference_step(size, batch_size, precision, inplace=reference_inplace)[0]
     return kclip, reference, policy, sequence_length, model
 
 
@@ -86,10 +86,13 @@ def main():
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=False,
                         help="glibc keeps freed memory in the process (kclip's heap lever), for both sides: "
                              "malloc's settings are process-wide")
+    parser.add_argument("--reference-inplace", action=argparse.BooleanOptionalAction, default=True,
+                        help="the reference's ReLUs and residual sums in place, as torchvision writes them (default on)")
     parser.add_argument("--out")
     args = parser.parse_args()
 
-    kclip, reference, policy, sequence_length, model = paired_models(args.size, args.batch_size, args.precision)
+    kclip, reference, policy, sequence_length, model = paired_models(args.size, args.batch_size, args.precision,
+                                                                     args.reference_inplace)
     faults = {}
     with training_levers(keep_freed_memory=args.keep_freed_memory, model=model):
         times = alternate({"kclip": kclip, "reference": reference}, args.blocks, args.steps_per_block, faults)
@@ -99,7 +102,7 @@ def main():
           "steps_each": len(times["kclip"]), "kclip_median_step_s": round(kclip_step, 4),
           "reference_median_step_s": round(reference_step_s, 4),
           "kclip_over_reference": round(kclip_step / reference_step_s, 3),
-          "keep_freed_memory": args.keep_freed_memory,
+          "keep_freed_memory": args.keep_freed_memory, "reference_inplace": args.reference_inplace,
           "kclip_minor_faults_per_step": statistics.median(faults["kclip"]),
           "reference_minor_faults_per_step": statistics.median(faults["reference"]),
           **cpu_fields(), "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.out)

@@ -8,8 +8,11 @@ bf16/fp16 through autocast, the way a PyTorch Lightning project trains. Not prod
 
 It is the strongest plain PyTorch a careful user writes, so the ratios don't flatter kclip:
 the image tower and its inputs in `channels_last` memory format (oneDNN's and cuDNN's
-preferred convolution layout; `--no-channels-last` turns it off) and torch's fused Adam
-(one kernel for all parameters) where this torch supports it on the device.
+preferred convolution layout; `--no-channels-last` turns it off), torch's fused Adam
+(one kernel for all parameters) where this torch supports it on the device, and, since
+2026-12-06, ReLUs and residual sums in place as torchvision's and timm's ResNets write them
+(`--no-inplace` gives the out-of-place reference that the ratios before that date were
+measured against).
 
 `--keep-freed-memory` gives it kclip's glibc malloc settings (kclip/backends/torch/heap.py):
 not something plain PyTorch code does, but an environment a user can set up (PyTorch's CPU
@@ -36,8 +39,9 @@ from harness import SIZES, report, time_steps  # noqa: E402
 class BasicBlock(nn.Module):
     expansion = 1
 
-    def __init__(self, in_channels, filters, stride):
+    def __init__(self, in_channels, filters, stride, inplace=True):
         super().__init__()
+        self.inplace = inplace
         self.conv1 = nn.Conv2d(in_channels, filters, 3, stride, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(filters)
         self.conv2 = nn.Conv2d(filters, filters, 3, 1, 1, bias=False)
@@ -47,16 +51,23 @@ class BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_channels, filters, 1, stride, bias=False), nn.BatchNorm2d(filters))
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=self.inplace)
         out = self.bn2(self.conv2(out))
-        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+        return F.relu(residual_sum(out, x if self.shortcut is None else self.shortcut(x), self.inplace),
+                      inplace=self.inplace)
+
+
+def residual_sum(residual, shortcut, inplace):
+    # torchvision's `out += identity`: the sum goes into the residual branch's batch-norm output.
+    return residual.add_(shortcut) if inplace else residual + shortcut
 
 
 class Bottleneck(nn.Module):
     expansion = 4
 
-    def __init__(self, in_channels, filters, stride):
+    def __init__(self, in_channels, filters, stride, inplace=True):
         super().__init__()
+        self.inplace = inplace
         out_channels = filters * 4
         self.conv1 = nn.Conv2d(in_channels, filters, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(filters)
@@ -69,23 +80,25 @@ class Bottleneck(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), nn.BatchNorm2d(out_channels))
 
     def forward(self, x):
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = F.relu(self.bn2(self.conv2(out)))
+        out = F.relu(self.bn1(self.conv1(x)), inplace=self.inplace)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=self.inplace)
         out = self.bn3(self.conv3(out))
-        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+        return F.relu(residual_sum(out, x if self.shortcut is None else self.shortcut(x), self.inplace),
+                      inplace=self.inplace)
 
 
 class ResNet(nn.Module):
-    def __init__(self, stackwise_num_filters, stackwise_num_blocks, stackwise_num_strides, block_type, **_):
+    def __init__(self, stackwise_num_filters, stackwise_num_blocks, stackwise_num_strides, block_type, inplace=True,
+                 **_):
         super().__init__()
         block = Bottleneck if block_type == "bottleneck_block" else BasicBlock
         self.stem = nn.Sequential(
-            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(), nn.MaxPool2d(3, 2, 1)
+            nn.Conv2d(3, 64, 7, 2, 3, bias=False), nn.BatchNorm2d(64), nn.ReLU(inplace=inplace), nn.MaxPool2d(3, 2, 1)
         )
         layers, channels = [], 64
         for filters, blocks, stride in zip(stackwise_num_filters, stackwise_num_blocks, stackwise_num_strides):
             for index in range(blocks):
-                layers.append(block(channels, filters, stride if index == 0 else 1))
+                layers.append(block(channels, filters, stride if index == 0 else 1, inplace))
                 channels = filters * block.expansion
         self.stages = nn.Sequential(*layers)
         self.output_dim = channels
@@ -127,9 +140,9 @@ class ProjectionHead(nn.Module):
 
 
 class DualEncoder(nn.Module):
-    def __init__(self, size):
+    def __init__(self, size, inplace=True):
         super().__init__()
-        self.image_encoder = ResNet(**size["resnet"])
+        self.image_encoder = ResNet(**size["resnet"], inplace=inplace)
         self.text_encoder = TextEncoder(**size["bert"])
         self.image_head = ProjectionHead(self.image_encoder.output_dim, size["projection_dim"])
         self.text_head = ProjectionHead(self.text_encoder.output_dim, size["projection_dim"])
@@ -143,12 +156,12 @@ class DualEncoder(nn.Module):
         return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
-def reference_step(size_name, batch, precision="fp32", channels_last=True, fused_adam=True):
+def reference_step(size_name, batch, precision="fp32", channels_last=True, fused_adam=True, inplace=True):
     """(step(), model, optimizer, device, fused): one training step of the reference at `size_name`, on fixed host tensors."""
     torch.manual_seed(0)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     size = SIZES[size_name]
-    model = DualEncoder(size).to(device).train()
+    model = DualEncoder(size, inplace).to(device).train()
     if channels_last:
         model.image_encoder.to(memory_format=torch.channels_last)
     groups = [
@@ -195,6 +208,8 @@ def main():
                         help="torch.channels_last memory format for the image tower (default on)")
     parser.add_argument("--fused-adam", action=argparse.BooleanOptionalAction, default=True,
                         help="torch.optim.Adam(fused=True) where supported (default on)")
+    parser.add_argument("--inplace", action=argparse.BooleanOptionalAction, default=True,
+                        help="ReLUs and residual sums in place, as torchvision and timm write them (default on)")
     parser.add_argument("--keep-freed-memory", action=argparse.BooleanOptionalAction, default=False,
                         help="kclip's glibc malloc settings: no mmap, no trimming (default off)")
     parser.add_argument("--warmup", type=int, default=2)
@@ -210,7 +225,7 @@ def main():
         heap.keep_freed_memory()
 
     step, model, _, device, fused = reference_step(args.size, args.batch_size, args.precision, args.channels_last,
-                                         args.fused_adam)
+                                                   args.fused_adam, args.inplace)
     size = SIZES[args.size]
     batch, image_size, length = args.batch_size, size["image_size"], size["sequence_length"]
     synchronize = torch.cuda.synchronize if device == "cuda" else (lambda: None)
@@ -226,6 +241,7 @@ def main():
         precision=args.precision,
         channels_last=args.channels_last,
         fused_adam=fused,
+        inplace=args.inplace,
         keep_freed_memory=args.keep_freed_memory,
         minor_faults_per_step=statistics.median(faults),
         parameters=sum(p.numel() for p in model.parameters()),

@@ -38,6 +38,8 @@ LEVER_FLAGS = {
     "fused-attention": ("fused_attention_kernel", "attention with dropout through torch's fused kernel while training",
                         "on"),
     "fold-pool-padding": ("fold_pool_padding", "a ResNet stem's padding inside its max pooling while training", "on"),
+    "inplace-activations": ("inplace_activations", "ReLUs and residual sums written into their input while training",
+                            "on"),
     # Off by default (the heap keeps growing at the full size); configs/demo.yaml turns it on.
     "keep-freed-memory": ("keep_freed_memory", "glibc keeps freed memory in the process between steps", "off"),
 }

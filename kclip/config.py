@@ -131,6 +131,8 @@ class TrainerConfig:
     """On torch, attention with dropout runs as torch's fused kernel while training (same math, faster)."""
     fold_pool_padding: bool = True
     """On torch, a ResNet stem's zero padding runs inside its max pooling while training (same math, faster)."""
+    inplace_activations: bool = True
+    """On torch, ReLUs after batch norm or a residual sum, and residual sums, write into their input while training (same math)."""
     keep_freed_memory: bool = False
     """On torch with glibc, freed memory stays in the process between steps instead of being faulted in again.
 

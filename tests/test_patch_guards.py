@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from helpers import fixed_batch, seeded_model_and_batch, tiny_model
-from kclip.backends.torch import conv_layout, fused_batch_norm, graph_memory
+from kclip.backends.torch import conv_layout, fused_batch_norm, graph_memory, inplace_ops
 from kclip.backends.torch.levers import training_levers
 from kclip.utils import versions
 
@@ -35,6 +35,9 @@ def test_installed_versions_are_inside_every_tested_range(fresh_warnings):
         with conv_layout.enabled():
             from keras.src.backend.torch import nn
             assert isinstance(nn._transpose_conv_kernel, conv_layout.functools.partial)
+        with inplace_ops.enabled():
+            assert inplace_ops.active()
+        assert not inplace_ops.active()
 
 
 @pytest.mark.parametrize("package, version", [("keras", "3.16.0"), ("torch", "2.14.1")])
@@ -74,6 +77,18 @@ def test_conv_layout_falls_back_and_warns_once(monkeypatch, fresh_warnings, pack
         warnings.simplefilter("error")
         with conv_layout.enabled():
             assert nn._transpose_conv_kernel is original
+
+
+@pytest.mark.parametrize("package, version", [("keras", "3.16.0"), ("torch", "2.14.1")])
+def test_inplace_ops_fall_back_and_warn_once(monkeypatch, fresh_warnings, package, version):
+    pretend(monkeypatch, package, version)
+    with pytest.warns(RuntimeWarning, match=rf"in-place ReLU.*{package} {version}"):
+        with inplace_ops.enabled():
+            assert not inplace_ops.active()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with inplace_ops.enabled():
+            assert not inplace_ops.active()
 
 
 def test_a_training_step_outside_the_range_is_plain_keras(monkeypatch, fresh_warnings):

@@ -143,7 +143,7 @@ def test_a_training_step_with_every_lever_matches_plain_keras():
     def step(levers):
         model, inputs, image_ids = seeded_model_and_batch()
         model.optimizer.fused = levers
-        with training_levers(levers, levers, levers, levers, levers, model=model):
+        with training_levers(levers, levers, levers, levers, levers, inplace_activations=levers, model=model):
             losses = [float(model.train_step((inputs, image_ids))["loss"]) for _ in range(3)]
         return losses, [w.numpy() for w in model.trainable_weights]
 

@@ -115,6 +115,7 @@ def _train(config, callbacks, verbose):
             config.trainer.fused_attention,
             config.trainer.fold_pool_padding,
             config.trainer.keep_freed_memory,
+            inplace_activations=config.trainer.inplace_activations,
             model=model,
         ):
             history = model.fit(

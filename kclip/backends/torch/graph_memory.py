@@ -26,7 +26,7 @@ import inspect
 from keras.src import tree
 from keras.src.ops.function import Function
 
-from kclip.backends.torch import padded_pooling
+from kclip.backends.torch import inplace_ops, padded_pooling
 from kclip.utils.versions import patch_supported, warn_once
 
 # [minimum, below): the Keras releases this patch was read against and tested with.
@@ -70,6 +70,7 @@ def _run_through_graph(self, inputs, operation_fn=lambda op: op, call_fn=None):
     tensor_dict = {id(x): y for x, y in zip(self.inputs, tree.flatten(inputs))}
     remaining = dict(_tensor_uses(self))
     folds = padded_pooling.plan(self) if padded_pooling.active() else {}
+    in_place = inplace_ops.plan(self) if inplace_ops.active() else {}
     kept = {id(x) for x in self.outputs}
 
     for depth in sorted(self._nodes_by_depth, reverse=True):
@@ -78,9 +79,13 @@ def _run_through_graph(self, inputs, operation_fn=lambda op: op, call_fn=None):
                 continue
             if any(id(x) not in tensor_dict for x in node.input_tensors):
                 continue  # Not computable from these inputs, as in Keras.
+            outputs = None
             if id(node) in folds:
                 outputs = _folded(self, node, folds[id(node)], tensor_dict)
-            else:
+            elif id(node) in in_place:
+                outputs = inplace_ops.run(self._get_operation_for_node(node), in_place[id(node)],
+                                          [tensor_dict[id(x)] for x in node.input_tensors])
+            if outputs is None:
                 args, kwargs = node.arguments.fill_in(tensor_dict)
                 operation = operation_fn(self._get_operation_for_node(node))
                 outputs = operation(*args, **kwargs)

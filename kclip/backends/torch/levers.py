@@ -5,13 +5,14 @@ import contextlib
 
 import keras
 
-from kclip.backends.torch import conv_layout, fused_attention, fused_batch_norm, graph_memory, heap, padded_pooling
+from kclip.backends.torch import (conv_layout, fused_attention, fused_batch_norm, graph_memory, heap, inplace_ops,
+                                  padded_pooling)
 
 
 @contextlib.contextmanager
 def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fast_conv_kernels=True,
                     fused_attention_kernel=True, fold_pool_padding=True, keep_freed_memory=False, *,
-                    model=None):
+                    inplace_activations=True, model=None):
     """The measured speed and memory levers that apply while `fit` runs (on by default, except
     `keep_freed_memory`, whose heap kept growing at the full size: see kclip/backends/torch/heap.py).
 
@@ -33,6 +34,7 @@ def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fa
         levers.enter_context(fused_attention.enabled(fused_attention_kernel))
         # Folding needs graph_memory's graph runner: with release_intermediates off it changes nothing.
         levers.enter_context(padded_pooling.enabled(fold_pool_padding))
+        levers.enter_context(inplace_ops.enabled(inplace_activations))  # the graph runner's too
         levers.enter_context(heap.enabled(keep_freed_memory))
         yield
 

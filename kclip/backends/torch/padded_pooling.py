@@ -19,35 +19,20 @@ the graph runner of `kclip.backends.torch.graph_memory`, so it works together wi
 `trainer.release_intermediates` and is off when that is off.
 """
 
-import contextlib
-
-from kclip.utils.versions import torch_patch_applies
+from kclip.backends.torch.graph_rewrites import Switch, is_relu, producer, readers
 
 # [minimum, below): the releases this patch was read against and tested with.
 TESTED_KERAS = ("3.15", "3.16")
 TESTED_TORCH = ("2.13", "2.14")
 PATCH_NAME = "padding folded into pooling (kclip.backends.torch.padded_pooling)"
 
-_active = False
+_switch = Switch(PATCH_NAME, TESTED_KERAS, TESTED_TORCH)
+# `with enabled():` functional models run by kclip's graph runner fold padding into pooling inside the block.
+enabled = _switch.enabled
 
 
 def active():
-    return _active
-
-
-def _producer(tensor):
-    history = getattr(tensor, "_keras_history", None)
-    return history.operation if history is not None else None
-
-
-def _is_relu(layer):
-    import keras
-
-    if isinstance(layer, keras.layers.Activation):
-        return getattr(layer.activation, "__name__", "") == "relu"
-    if isinstance(layer, keras.layers.ReLU):
-        return layer.max_value is None and float(layer.negative_slope) == 0.0 and float(layer.threshold) == 0.0
-    return False
+    return _switch.on
 
 
 def _symmetric_padding(layer):
@@ -63,7 +48,7 @@ def _foldable(pad_layer, pool_layer, source):
     padding = _symmetric_padding(pad_layer)
     size, strides = tuple(pool_layer.pool_size), tuple(pool_layer.strides)
     if (padding is None or pool_layer.padding != "valid" or size[0] != size[1] or strides[0] != strides[1]
-            or padding > size[0] // 2 or not _is_relu(source)
+            or padding > size[0] // 2 or not is_relu(source)
             or pad_layer.data_format != "channels_first" or pool_layer.data_format != "channels_first"):
         return None
     return padding
@@ -74,21 +59,16 @@ def plan(function):
     cached = function.__dict__.get("_kclip_pool_folds")
     if cached is not None:
         return cached
-    readers = {}
-    for nodes in function._nodes_by_depth.values():
-        for node in nodes:
-            if node.operation and not node.is_input:
-                for tensor in node.input_tensors:
-                    readers.setdefault(id(tensor), []).append(node)
+    tensor_readers = readers(function)
     folds = {}
     for nodes in function._nodes_by_depth.values():
         for node in nodes:
             if node.is_input or len(node.input_tensors) != 1 or len(node.outputs) != 1:
                 continue
-            consumers = readers.get(id(node.outputs[0]), [])
+            consumers = tensor_readers.get(id(node.outputs[0]), [])
             if len(consumers) != 1 or any(id(x) == id(node.outputs[0]) for x in function.outputs):
                 continue
-            padding = _foldable(node.operation, consumers[0].operation, _producer(node.input_tensors[0]))
+            padding = _foldable(node.operation, consumers[0].operation, producer(node.input_tensors[0]))
             if padding is not None:
                 folds[id(node)] = None
                 folds[id(consumers[0])] = padding
@@ -104,16 +84,3 @@ def pool(layer, inputs, padding):
     inputs = ops.cast(inputs, layer.compute_dtype)
     return F.max_pool2d(inputs, tuple(layer.pool_size), tuple(layer.strides), padding=padding)
 
-
-@contextlib.contextmanager
-def enabled(active=True):
-    """Functional models run by kclip's graph runner fold padding into pooling inside the block."""
-    global _active
-    if not torch_patch_applies(PATCH_NAME, active, TESTED_KERAS, TESTED_TORCH):
-        yield
-        return
-    previous, _active = _active, True
-    try:
-        yield
-    finally:
-        _active = previous
