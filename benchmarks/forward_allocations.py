@@ -79,5 +79,6 @@ def main():
               "minor_faults": faults, "seconds": seconds, **cpu_fields(),
               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}, args.out)
 
+
 if __name__ == "__main__":
     main()
