@@ -1,6 +1,7 @@
 """Training step time per Keras backend, interleaved, with and without jit_compile.
 
     python benchmarks/backends.py --rounds 2 --out benchmarks/results/backends-2026-11-29.jsonl
+    python benchmarks/backends.py --smoke     # one tiny torch run of train_throughput.py: a check only
 
 Runs benchmarks/train_throughput.py once per (round, recipe, backend, jit_compile) in a fresh
 process (KERAS_BACKEND is fixed at import), cycling through every combination in each round so
@@ -75,7 +76,7 @@ def summarize(path):
         print(f"| {recipe} | {backend} | {jit} | {'; '.join(cells)} |")
 
 
-def main():
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--summarize", metavar="JSONL", help="print a markdown table of a results file and exit")
     parser.add_argument("--rounds", type=int, default=2)
@@ -84,16 +85,22 @@ def main():
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--timeout", type=int, default=900, help="seconds per run")
     parser.add_argument("--out", help="append the JSON lines to this file too")
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true",
+                        help="one torch run of the tiny towers, one step: a check, not a measurement")
+    args = parser.parse_args(argv)
     if args.summarize:
         summarize(args.summarize)
         return
+    runs = RUNS
+    if args.smoke:
+        RECIPES["smoke"] = ["--size", "tiny", "--batch-size", "4", "--precision", "float32"]
+        args.rounds, args.recipes, args.warmup, args.steps, runs = 1, ["smoke"], 1, 1, RUNS[:1]
     for round_index in range(args.rounds):
         for recipe in args.recipes:
-            for backend, jit in RUNS:
+            for backend, jit in runs:
                 # Op-by-op JAX (jit off) is slow: fewer steps keep the run bounded.
                 steps = args.steps if jit == "on" or backend != "jax" else max(2, args.steps // 2)
-                record = {"round": round_index, **run_one(recipe, backend, jit, args.warmup, steps, args.timeout)}
+                record = {"round": round_index, "smoke": args.smoke, **run_one(recipe, backend, jit, args.warmup, steps, args.timeout)}
                 line = json.dumps(record)
                 print(line, flush=True)
                 if args.out:

@@ -1,6 +1,12 @@
 """Images/s through the full training input pipeline, from prepared TFDS shards and from loose JPEGs.
 
 Usage: python benchmarks/data_pipeline.py [--images 500] [--threads 1,2] [--repeats 3] [--work DIR]
+       python benchmarks/data_pipeline.py --sources pydataset --workers 0,1,15 [--batch-size 128]
+       python benchmarks/data_pipeline.py --smoke     # seconds: the TF-free loader on 16 tiny images
+
+`--sources pydataset` times the TF-free loader (kclip/data/pydataset.py, `data.loader: pydataset`)
+with each `--workers` count: decoding, resizing, caption choice, tokenizing and normalizing all
+happen in its workers, so its lines are "tokenized" ones; it needs no TensorFlow.
 
 It writes `--images` Flickr-sized photos-like JPEGs (500x375, quality 90, gradients plus noise,
 so they are about as large as real Flickr files), five captions each, in the custom layout; prepares
@@ -96,6 +102,45 @@ def time_epochs(dataset, repeats):
     return statistics.median(rates), min(rates), max(rates)
 
 
+def emit(line, out):
+    print(json.dumps(line), flush=True)
+    if out:
+        with open(out, "a") as file:
+            file.write(json.dumps(line) + "\n")
+
+
+def time_pydataset(args):
+    """The TF-free loader's images/s (decoding and the preprocessor included), per worker count."""
+    import keras
+
+    from kclip.data import pydataset
+    from kclip.data.layouts import read_captioned_images
+
+    folder = write_photos(Path(args.work) / f"photos_{args.images}", args.images)
+    images = read_captioned_images(folder, split_fractions=(1.0, 0.0, 0.0)).for_split("train")
+    preprocessor = build_preprocessor([caption for image in images for caption in image.captions], args.image_size)
+    common = {"machine": cpu_model(), "cores": os.cpu_count(), "backend": keras.config.backend(),
+              "images": len(images), "mean_jpeg_kb": round(statistics.mean(i.image_path.stat().st_size
+                                                                           for i in images) / 1024, 1)}
+    for workers in [int(value) for value in args.workers.split(",")]:
+        loader = pydataset.loader(images, preprocessor, args.batch_size, workers=workers)
+
+        def epoch():
+            count, started = 0, time.perf_counter()
+            for x, ids in loader:
+                for value in x.values():
+                    np.asarray(value)
+                count += int(ids.shape[0])
+            return count / (time.perf_counter() - started)
+
+        epoch()  # warm-up: starts the workers
+        rates = [epoch() for _ in range(args.repeats)]
+        emit({"benchmark": "input_pipeline", **common, "source": "pydataset", "workers": workers,
+              "tokenized": True, "image_size": args.image_size, "batch_size": args.batch_size,
+              "median_images_per_s": round(statistics.median(rates), 1), "min": round(min(rates), 1),
+              "max": round(max(rates), 1), "smoke": args.smoke}, args.out)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=500)
@@ -105,7 +150,21 @@ def main():
     parser.add_argument("--image-size", type=int, default=224)
     parser.add_argument("--sources", default="tfds,loose")
     parser.add_argument("--work", default="/tmp/kclip_data_benchmark")
+    parser.add_argument("--workers", default="0,2", help="pydataset worker counts to try")
+    parser.add_argument("--smoke", action="store_true", help="16 tiny images, one epoch: checks, does not measure")
+    parser.add_argument("--out", help="append the JSON lines to this file")
     args = parser.parse_args()
+    if args.smoke:
+        args.images, args.batch_size, args.image_size, args.repeats = 16, 4, 32, 1
+        args.sources, args.workers = "pydataset", "0,2"
+    sources = args.sources.split(",")
+    unknown = set(sources) - {"tfds", "loose", "pydataset"}
+    if unknown:
+        raise ValueError(f"--sources takes tfds, loose and pydataset; got {sorted(unknown)}.")
+    if "pydataset" in sources:
+        time_pydataset(args)
+    if not set(sources) - {"pydataset"}:
+        return 0
 
     import tensorflow as tf
 
@@ -127,7 +186,7 @@ def main():
 
     preprocessor = build_preprocessor([caption for image in images for caption in image.captions], args.image_size)
     resizing = preprocessor.image_converter.resizing
-    for source in args.sources.split(","):
+    for source in [source for source in sources if source != "pydataset"]:
         for threads in [int(value) for value in args.threads.split(",")]:
             for tokenized in (False, True):
                 if source == "tfds":

@@ -48,6 +48,22 @@ SIZES = {
         "sequence_length": 32,
         "projection_dim": 256,
     },
+    # The GPU check's CPU dry run (benchmarks/gpu.sh --dry-run): seconds, not a measurement.
+    "tiny": {
+        "image_size": 32,
+        "resnet": {
+            "input_conv_filters": [64],
+            "input_conv_kernel_sizes": [3],
+            "stackwise_num_filters": [64, 64],
+            "stackwise_num_blocks": [1, 1],
+            "stackwise_num_strides": [1, 2],
+            "block_type": "basic_block",
+        },
+        "bert": {"vocabulary_size": 200, "num_layers": 1, "num_heads": 2, "hidden_dim": 32,
+                 "intermediate_dim": 64, "max_sequence_length": 32},
+        "sequence_length": 16,
+        "projection_dim": 16,
+    },
 }
 
 
@@ -136,6 +152,29 @@ def emit(line, out=None):
             file.write(json.dumps(line) + "\n")
 
 
+def peak_gpu_mb():
+    """Peak GPU memory torch allocated in this process (MB), or None without CUDA."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+
+
+def gpu_fields():
+    """The GPU kind, for lines measured on one (empty on a CPU run)."""
+    try:
+        import torch
+    except ImportError:
+        return {}
+    if not torch.cuda.is_available():
+        return {}
+    return {"gpu": torch.cuda.get_device_name(0), "compute_capability": list(torch.cuda.get_device_capability(0)),
+            "torch": torch.__version__, "peak_gpu_mb": peak_gpu_mb()}
+
+
 def report(name, times, batch_size, **fields):
     median = statistics.median(times)
     line = {
@@ -150,6 +189,7 @@ def report(name, times, batch_size, **fields):
         "machine": machine(),
         "date": time.strftime("%Y-%m-%d"),
         **cpu_fields(),
+        **gpu_fields(),
         **fields,
     }
     print(json.dumps(line), flush=True)

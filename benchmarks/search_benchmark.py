@@ -1,6 +1,7 @@
 """Search benchmarks: memory bandwidth, exact search, the ANN index, end-to-end search and index build.
 
     python benchmarks/search_benchmark.py [--model M.keras] [--only bandwidth,exact,ann,e2e,build]
+    python benchmarks/search_benchmark.py --smoke     # seconds: every part at a toy size, a check only
 
 Prints one JSON line per measurement. Vectors are random unit vectors (normal samples divided by
 their norm), the hard case for ANN: real embeddings cluster. Latencies time the similarity stage only
@@ -68,9 +69,9 @@ def reset_peak_rss():
         pass
 
 
-def bandwidth():
+def bandwidth(log2_floats=28):
     """Streaming read bandwidth of a 1 GiB float32 array: numpy sum (1 thread) and BLAS GEMV (all threads)."""
-    big = np.ones(1 << 28, dtype=np.float32)
+    big = np.ones(1 << log2_floats, dtype=np.float32)
     matrix = big.reshape(-1, 256)
     vector = np.ones(256, dtype=np.float32)
     out = np.empty(len(matrix), dtype=np.float32)
@@ -78,7 +79,7 @@ def bandwidth():
     for name, function in (("numpy_sum", big.sum), ("blas_gemv", lambda: np.dot(matrix, vector, out=out))):
         times = timings(function, 9, warmup=2)
         results[name] = round(big.nbytes / float(np.median(times)) / 1e9, 2)
-    emit("bandwidth", bytes=big.nbytes, gb_per_s=results, method="median of 9 full reads of 1 GiB")
+    emit("bandwidth", bytes=big.nbytes, gb_per_s=results, method=f"median of 9 full reads of {big.nbytes / 2**30:g} GiB")
     return max(results.values()) * 1e9
 
 
@@ -206,12 +207,18 @@ def main(argv=None):
     parser.add_argument("--e2e-rows", type=int, default=100_000)
     parser.add_argument("--build-images", type=int, default=256)
     parser.add_argument("--build-side", type=int, default=500, help="side of the generated JPEGs")
+    parser.add_argument("--smoke", action="store_true", help="every part at a toy size: a check, not a measurement")
     args = parser.parse_args(argv)
+    if args.smoke:
+        from kclip.index.ann import MIN_ANN_ROWS
+
+        args.dim, args.exact_rows, args.ann_rows, args.ann_queries = 16, 2000, MIN_ANN_ROWS + 16, 8
+        args.e2e_rows, args.build_images, args.build_side = 2000, 4, 64
     parts = set(args.only.split(","))
-    emit("machine", cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
+    emit("machine", smoke=args.smoke, cpu=platform.processor() or platform.machine(), cores=os.cpu_count(),
          numpy=np.__version__, date=time.strftime("%Y-%m-%d"),
          openblas_num_threads=os.environ.get("OPENBLAS_NUM_THREADS", "default"), load_average=os.getloadavg())
-    bytes_per_second = bandwidth() if {"bandwidth", "exact"} & parts else None
+    bytes_per_second = bandwidth(20 if args.smoke else 28) if {"bandwidth", "exact"} & parts else None
     if "exact" in parts:
         exact(bytes_per_second, args.exact_rows, args.dim)
     if "ann" in parts:

@@ -2,6 +2,7 @@
 
     PYTHONPATH=$PWD python benchmarks/serve_load.py --model runs/demo-page/model.keras \
         --out benchmarks/results/serve-load-2026-11-29.jsonl
+    python benchmarks/serve_load.py --smoke        # a tiny random model, a few queries: a check only
 
 The index holds --rows random unit vectors (default 100,000; the issue allows random vectors) written
 in the real index format by kclip.index.store.commit, under the model's fingerprint, so the server
@@ -143,6 +144,17 @@ def run_clients(url: str, texts: list, clients: int, k: int) -> dict:
     }
 
 
+def save_tiny_model(path):
+    """The tests' tiny random-init model (tests/helpers.py), saved for the server process to load."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    import keras
+    from helpers import tiny_model
+
+    keras.utils.set_random_seed(0)
+    tiny_model().save(path)
+    return str(path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0], allow_abbrev=False)
     parser.add_argument("--model", default="runs/demo-page/model.keras")
@@ -155,13 +167,19 @@ def main(argv=None):
                         help="the server's --compute-threads (0: the libraries' own thread defaults)")
     parser.add_argument("--note", default="", help="free text recorded with the results")
     parser.add_argument("--out", help="append the JSON lines to this file too")
+    parser.add_argument("--smoke", action="store_true",
+                        help="a tiny random model, 2,000 rows, a few queries: a check, not a measurement")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.rows, args.queries, args.clients = 2000, 6, 2
 
     import kclip
     from kclip.serve.server import free_port
 
-    model = kclip.load_model(args.model)
     with tempfile.TemporaryDirectory(prefix="kclip-serve-load-") as folder:
+        if args.smoke and not os.path.isfile(args.model):
+            args.model = save_tiny_model(Path(folder) / "tiny.keras")
+        model = kclip.load_model(args.model)
         index_dir = Path(folder) / "index"
         write_random_index(model, args.rows, index_dir)
         params = int(model.count_params())
@@ -185,18 +203,18 @@ def main(argv=None):
                         raise SystemExit(f"the server did not start: {server.communicate()[0][-2000:]}")
                     time.sleep(0.5)
             # The server may still be busy starting up after its first answer: wait until it idles.
-            for _ in range(120):
+            for _ in range(3 if args.smoke else 120):
                 before = cpu_seconds(server.pid)
                 time.sleep(1.0)
                 if cpu_seconds(server.pid) - before < 0.1:
                     break
             # Warm-up, sequential and concurrent phases get different texts: the server keeps recent
             # texts' embeddings, and a text seen before would be answered without the model.
-            sequential_count = min(50, args.queries)
+            sequential_count = min(50, args.queries // 2 if args.smoke else args.queries)
             texts = queries(20 + sequential_count + args.queries)
             warmup, texts = texts[:20], texts[20:]
             run_clients(url, warmup, 1, args.k)  # warm-up: first calls build the model's graphs
-            base = {"benchmark": "serve_load", "rows": args.rows, "index_backend": info["backend"],
+            base = {"benchmark": "serve_load", "smoke": args.smoke, "rows": args.rows, "index_backend": info["backend"],
                     "index_dtype": "float16", "model": args.model, "vectors": "random unit",
                     "transport": "HTTP/1.1 keep-alive, loopback, uvicorn in its own process",
                     **cpu_info(), "omp_num_threads": os.environ.get("OMP_NUM_THREADS", "default"),

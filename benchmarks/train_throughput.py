@@ -87,16 +87,28 @@ class StepTimer(keras.callbacks.Callback):
         self.faults.append(minor_faults() - self.faults_before)
 
 
+class SameBatch(keras.utils.PyDataset):
+    """One preprocessed batch, `count` times."""
+
+    def __init__(self, inputs, labels, count):
+        super().__init__()
+        self.batch, self.count = (inputs, labels), count
+
+    def __len__(self):
+        return self.count
+
+    def __getitem__(self, index):
+        return self.batch
+
+
 def time_fit_steps(model, inputs, labels, warmup, steps, synchronize, faults=None):
     """Times `fit`'s own train steps (one epoch of warmup + steps batches).
 
     With a list as `faults`, extends it with each timed step's minor page faults.
     """
-    import tensorflow as tf
-
-    # The same batch each step, through tf.data as in training: `fit` still converts
-    # and copies it to the device every step.
-    batches = tf.data.Dataset.from_tensors((inputs, labels)).repeat(warmup + steps)
+    # The same host batch each step, through a PyDataset (no TensorFlow needed, as on a GPU
+    # machine without it): `fit` still converts and copies it to the device every step.
+    batches = SameBatch(inputs, labels, warmup + steps)
     timer = StepTimer(synchronize)
     model.fit(batches, epochs=1, verbose=0, callbacks=[timer])
     if faults is not None:

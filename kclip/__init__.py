@@ -8,11 +8,16 @@
 """
 
 import os
+import warnings
 
 # kclip ships on the torch backend; the choice must be made before keras is imported.
 os.environ.setdefault("KERAS_BACKEND", "torch")
 # TensorFlow only feeds data here; its C++ start-up log (CUDA probing, oneDNN notes) is noise.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+from kclip.utils.quiet import quiet_native_start_up  # noqa: E402
+
+quiet_native_start_up()
 
 import keras  # noqa: E402
 
@@ -28,6 +33,7 @@ from kclip.models.optimizers import MultiRateAdamW  # noqa: E402
 from kclip.models.preprocessor import DualEncoderPreprocessor  # noqa: E402
 from kclip.models.task import DualEncoder  # noqa: E402
 from kclip.models.towers import build_dual_encoder  # noqa: E402
+from kclip.models.zero_shot import zero_shot_model  # noqa: E402
 from kclip.serve import create_app, serve_page  # noqa: E402
 from kclip.training.export import export_model  # noqa: E402
 from kclip.training.run import train  # noqa: E402
@@ -44,9 +50,24 @@ def load_model(path, precision="auto"):
     on a CPU without avx512_bf16/amx_bf16, float16 on any CPU) and keeps it where it is
     native. Embeddings are float32 either way. `precision="saved"` keeps the file's policy;
     a policy name ("float32", "mixed_bfloat16", ...) forces one.
+
+    A missing file is a FileNotFoundError; a file that is not a kclip model is a ValueError.
     """
-    model = keras.saving.load_model(path)
-    if precision == "saved" or not isinstance(model, DualEncoder):
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"No model file at {path}: give the .keras file that training or kclip convert wrote.")
+    try:
+        with warnings.catch_warnings():
+            # DualEncoder.compile is its own (per-tower rates), so Keras skips it on load and says so.
+            warnings.filterwarnings("ignore", message=r"`compile\(\)` was not called as part of model loading")
+            model = keras.saving.load_model(path)
+    except (ValueError, OSError, KeyError, TypeError) as error:  # not a zip, no config.json, unknown classes
+        raise ValueError(f"{path} is not a kclip model ({error}); give the .keras file that training, "
+                         "kclip.export_model or kclip convert wrote.") from error
+    if not isinstance(model, DualEncoder):
+        raise ValueError(f"{path} holds a Keras {type(model).__name__}, not a kclip DualEncoder; give the .keras "
+                         "file that training, kclip.export_model or kclip convert wrote, or open this one with "
+                         "keras.saving.load_model.")
+    if precision == "saved":
         return model
     if precision == "auto":
         precision = inference_policy(model.compute_policy)[0]
@@ -78,4 +99,5 @@ __all__ = [
     "retrieval_metrics",
     "search",
     "train",
+    "zero_shot_model",
 ]

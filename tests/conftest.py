@@ -2,6 +2,11 @@ import os
 
 import pytest
 
+# Every skip is reported with its reason, and under KCLIP_STRICT_SKIPS=1 one not on
+# tests/skip_allowlist.txt fails the run (tests/skip_check.py).
+from skip_check import pytest_runtest_logreport, pytest_sessionfinish, pytest_terminal_summary  # noqa: F401
+from skip_check import record_markers
+
 # The backend must be chosen before anything imports keras; torch is what kclip ships.
 # KCLIP_TEST_BACKEND=jax|tensorflow runs the suite on another backend (scripts/test.sh).
 if os.environ.get("KCLIP_TEST_BACKEND"):
@@ -13,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 def pytest_collection_modifyitems(config, items):
     """`torch_only` tests (torch kernels, torch levers) skip on the other backends."""
+    record_markers(items)
     backend = os.environ["KERAS_BACKEND"]
     if backend == "torch":
         return

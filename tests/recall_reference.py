@@ -38,3 +38,13 @@ def top_k(query, rows, k):
     scores = np.asarray(rows, dtype=np.float64) @ np.asarray(query, dtype=np.float64)
     order = sorted(range(len(scores)), key=lambda i: (-scores[i], i))[:k]
     return order, [float(scores[i]) for i in order]
+
+
+def recall_of_saved_model(model_path, images, ks=KS) -> dict:
+    """`recall` of the .keras model at `model_path` on a split (a list of CaptionedImage), embedded here."""
+    import kclip
+
+    model = kclip.load_model(model_path)
+    captions = [caption for image in images for caption in image.captions]
+    owners = [number for number, image in enumerate(images) for _ in image.captions]
+    return recall(model.encode_image([image.image_path for image in images]), model.encode_text(captions), owners, ks)

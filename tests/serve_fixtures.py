@@ -34,6 +34,13 @@ def build_colour_index(tmp_path: Path, encoder=None) -> Path:
     return index_dir
 
 
+def local_client(app, **options):
+    """A TestClient that asks for the page as a browser on this machine does: the app refuses Host: testserver."""
+    from fastapi.testclient import TestClient
+
+    return TestClient(app, base_url="http://127.0.0.1:8000", **options)
+
+
 def png_bytes(colour, size=(40, 40)) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(solid_image(colour, size=size)).save(buffer, format="PNG")

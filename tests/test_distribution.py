@@ -83,13 +83,22 @@ def test_similarity_matrix_spans_the_global_batch(two_device_run):
 
 
 @pytest.mark.backend_neutral
-def test_data_parallel_off_jax_is_a_clear_error():
+def test_data_parallel_off_jax_is_a_clear_error(monkeypatch):
     assert distribution.configure("none") is None
     with pytest.raises(ValueError, match="Unknown trainer.distribution"):
         distribution.configure("model_parallel")
     if keras.config.backend() == "jax":
         pytest.skip("data_parallel is supported here")
-    with pytest.raises(ValueError, match="needs KERAS_BACKEND=jax.*torch.distributed.*MirroredStrategy"):
+    if keras.config.backend() == "torch":
+        # Outside torchrun there is one process: it trains alone (tests/test_torch_distributed.py runs two).
+        for name in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+            monkeypatch.delenv(name, raising=False)
+        assert distribution.configure("data_parallel", train_batch_size=8) == 1
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        with pytest.raises(ValueError, match="partial torchrun environment.*MASTER_ADDR"):
+            distribution.configure("data_parallel")
+        return
+    with pytest.raises(ValueError, match="needs KERAS_BACKEND=jax or torch.*MirroredStrategy"):
         distribution.configure("data_parallel")
 
 

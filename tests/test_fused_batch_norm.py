@@ -6,6 +6,9 @@ import pytest
 
 from kclip.backends.torch import fused_batch_norm
 
+# The fused kernel is torch's, and every test here takes gradients with torch.autograd.
+pytestmark = pytest.mark.torch_only
+
 
 def run_layer(inputs, training, fused, axis=1, dtype="float32"):
     keras.utils.set_random_seed(0)
@@ -33,7 +36,6 @@ def run_layer(inputs, training, fused, axis=1, dtype="float32"):
         fused_batch_norm.disable()
 
 
-@pytest.mark.torch_only  # the fused kernel is torch's
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("shape", [(4, 3, 5, 5), (6, 8)])
 def test_fused_batch_norm_matches_keras(training, shape):
@@ -44,7 +46,6 @@ def test_fused_batch_norm_matches_keras(training, shape):
         np.testing.assert_allclose(got, want, rtol=2e-5, atol=2e-5, err_msg=name)
 
 
-@pytest.mark.torch_only  # the fused kernel is torch's
 def test_fused_batch_norm_under_bfloat16_policy_matches_keras():
     inputs = np.random.default_rng(2).normal(0.0, 1.0, (4, 3, 6, 6)).astype("float32")
     expected = run_layer(inputs, True, fused=False, dtype="mixed_bfloat16")

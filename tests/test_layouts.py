@@ -157,9 +157,11 @@ def test_hash_split_is_deterministic_by_image_and_follows_fractions(tmp_path):
     first = [hash_split(image_id, (0.8, 0.1, 0.1)) for image_id in ids]
     assert first == [hash_split(image_id, (0.8, 0.1, 0.1)) for image_id in ids]
     assert 0.77 < first.count("train") / len(ids) < 0.83 and 0.08 < first.count("test") / len(ids) < 0.12
-    # Fixed by SHA-1 of the id, so it is the same on every machine and Python version.
-    assert [hash_split(name) for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")] == \
-        [hash_split(name) for name in ("a.jpg", "b.jpg", "c.jpg", "d.jpg")]
+    # Fixed by SHA-1 of the id (its first 8 bytes, big-endian, over 2**64: a.jpg 0.339, b.jpg 0.701,
+    # f.jpg 0.018, g.jpg 0.813, h.jpg 0.957), so it is the same on every machine and Python version.
+    names = ("a.jpg", "b.jpg", "f.jpg", "g.jpg", "h.jpg")
+    assert [hash_split(name) for name in names] == ["train", "train", "train", "validation", "test"]
+    assert [hash_split(name, (0.3, 0.4, 0.3)) for name in names] == ["validation", "test", "train", "test", "test"]
     assert hash_split("anything", (1.0, 0.0, 0.0)) == "train"
     assert hash_split("anything", (0.0, 0.0, 1.0)) == "test"
     with pytest.raises(ValueError, match="sum to 1"):

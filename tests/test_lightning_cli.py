@@ -142,7 +142,15 @@ def test_clip_lightning_readme_command_trains_on_kclip(tmp_path, monkeypatch, ca
     assert saved["model"]["image_encoder"] == "resnet_50_imagenet"
     assert (run / "model.keras").is_file()
     metrics = json.loads((run / "test_metrics.json").read_text())
-    assert 0.0 <= metrics["t2i_r@5"] <= 1.0
+    # The recall training reports is the plain reference's on the saved model and the same test split.
+    from recall_reference import recall_of_saved_model
+
+    config = parse_config([*README_COMMAND[1:], "--trainer.max_epochs", "1", "--model.image_size", "32"])
+    test_images = sources.load_records(config.data, run, seed=config.trainer.seed).for_split("test")
+    assert metrics["num_images"] == len(test_images)
+    expected = recall_of_saved_model(run / "model.keras", test_images)
+    for key in ("t2i_r@1", "t2i_r@5", "i2t_r@1", "i2t_r@5"):
+        assert metrics[key] == pytest.approx(expected[key]), key
     assert list((tmp_path / "wandb_dir" / "wandb").glob("offline-run-*"))
 
 

@@ -77,7 +77,12 @@ def test_soft_targets_temperature_divides_the_targets_similarity():
     wrong_targets /= wrong_targets.sum(axis=1, keepdims=True)
     wrong = (np.mean(-(wrong_targets * log_softmax(logits)).sum(axis=1))
              + np.mean(-(wrong_targets.T * log_softmax(logits.T)).sum(axis=1))) / 2
-    assert wrong != pytest.approx(seed_soft_targets_loss(IMAGES, TEXTS, temperature), rel=1e-3)
+    right = seed_soft_targets_loss(IMAGES, TEXTS, temperature)
+    assert wrong != pytest.approx(right, rel=1e-3)
+    # ... and kclip's loss is the right one of the two.
+    kclip_loss = float(losses.soft_targets_loss(IMAGES.astype("float32"), TEXTS.astype("float32"), temperature))
+    assert kclip_loss == pytest.approx(right, rel=1e-5)
+    assert kclip_loss != pytest.approx(wrong, rel=1e-3)
 
 
 @pytest.mark.parametrize("scale", [1.0, 3.0, 1 / 0.07])

@@ -40,7 +40,7 @@ def test_installed_versions_are_inside_every_tested_range(fresh_warnings):
         assert not inplace_ops.active()
 
 
-@pytest.mark.parametrize("package, version", [("keras", "3.16.0"), ("torch", "2.14.1")])
+@pytest.mark.parametrize("package, version", [("keras", "3.16.0"), ("torch", "2.17.0")])
 def test_fused_batch_norm_falls_back_and_warns_once(monkeypatch, fresh_warnings, package, version):
     pretend(monkeypatch, package, version)
     original = keras.layers.BatchNormalization.call
@@ -64,7 +64,7 @@ def test_graph_memory_falls_back_and_warns_once(monkeypatch, fresh_warnings):
             assert graph_memory.Function._run_through_graph is graph_memory._original_run_through_graph
 
 
-@pytest.mark.parametrize("package, version", [("keras", "3.16.0"), ("torch", "2.12.0")])
+@pytest.mark.parametrize("package, version", [("keras", "3.16.0"), ("torch", "2.10.0")])
 def test_conv_layout_falls_back_and_warns_once(monkeypatch, fresh_warnings, package, version):
     from keras.src.backend.torch import nn
 
@@ -79,7 +79,7 @@ def test_conv_layout_falls_back_and_warns_once(monkeypatch, fresh_warnings, pack
             assert nn._transpose_conv_kernel is original
 
 
-@pytest.mark.parametrize("package, version", [("keras", "3.16.0"), ("torch", "2.14.1")])
+@pytest.mark.parametrize("package, version", [("keras", "3.16.0"), ("torch", "2.17.0")])
 def test_inplace_ops_fall_back_and_warn_once(monkeypatch, fresh_warnings, package, version):
     pretend(monkeypatch, package, version)
     with pytest.warns(RuntimeWarning, match=rf"in-place ReLU.*{package} {version}"):

@@ -141,3 +141,30 @@ def test_real_tiny_model_end_to_end(photos, tmp_path, capsys):
     assert float(lines[0][1]) == pytest.approx(1.0, abs=1e-2)
     assert search_script.main(["a red circle", "--model", str(model_path), "--index", str(out)]) == 0
     assert len(result_lines(capsys.readouterr().out)) == 5
+
+
+def test_ann_backend_builds_and_searches_a_faiss_index(tmp_path, capsys):
+    """Enough photos for the ANN path (MIN_ANN_ROWS) that faiss really builds, saves and answers."""
+    from kclip.index.ann import MIN_ANN_ROWS
+    from kclip.index.index import Index
+
+    folder = tmp_path / "many"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    colours = rng.integers(0, 256, (MIN_ANN_ROWS + 6, 3))
+    colours[7] = (255, 0, 0)  # the one pure red photo
+    for number, colour in enumerate(colours):
+        if number != 7 and colour[0] > 200 and colour[1] < 60 and colour[2] < 60:
+            colour[0] = 120  # no other photo as red as that one
+        Image.fromarray(solid_image(tuple(int(value) for value in colour), size=(4, 4))).save(folder / f"{number:05d}.png")
+    out = tmp_path / "ann-index"
+    assert index_script.main([str(folder), "--model", "m", "--index", str(out), "--no-progress", "--backend", "ann"],
+                             load_model=lambda path: FakeEncoder()) == 0
+    capsys.readouterr()
+    assert len(list(out.glob("*.faiss"))) == 1  # the faiss index file beside the embeddings
+    index = Index.load(out, backend="ann")
+    index.prepare()
+    assert index._searcher.faiss_index is not None and index._searcher.faiss_index.ntotal == len(colours)
+    assert search("red", "--model", "m", "--index", str(out), "--backend", "ann", "--top-k", "3") == 0
+    lines = result_lines(capsys.readouterr().out)
+    assert Path(lines[0][2]).name == "00007.png"

@@ -9,7 +9,6 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import numpy as np
 import pytest
-from fastapi.testclient import TestClient
 from PIL import Image
 
 import kclip
@@ -19,7 +18,8 @@ from kclip.serve import BackgroundServer, create_app
 from kclip.serve.app import STATIC_DIR
 from kclip.serve.server import check_host
 from kclip.serve.state import ModelRunner, image_id
-from serve_fixtures import PHOTO_COLOURS, SECRET, ExclusiveEncoder, build_colour_index, noise_png, png_bytes
+from serve_fixtures import (PHOTO_COLOURS, SECRET, ExclusiveEncoder, build_colour_index, local_client, noise_png,
+                            png_bytes)
 
 
 @pytest.fixture
@@ -29,7 +29,7 @@ def index_dir(tmp_path):
 
 @pytest.fixture
 def client(index_dir):
-    return TestClient(create_app(FakeEncoder(), index_dir), raise_server_exceptions=False)
+    return local_client(create_app(FakeEncoder(), index_dir), raise_server_exceptions=False)
 
 
 def names(answer):
@@ -116,7 +116,7 @@ def test_bad_upload_gets_a_clear_message(client, data, message):
 
 
 def test_oversized_upload_is_refused_declared_or_streamed(index_dir):
-    client = TestClient(create_app(FakeEncoder(), index_dir, max_upload_bytes=100_000))
+    client = local_client(create_app(FakeEncoder(), index_dir, max_upload_bytes=100_000))
     big = noise_png(400)  # about 480 kB
     assert len(big) > 200_000
     declared = client.post("/api/search/image", files={"image": ("big.png", big, "image/png")})
@@ -129,10 +129,10 @@ def test_oversized_upload_is_refused_declared_or_streamed(index_dir):
 
 
 def test_a_small_file_holding_a_huge_picture_is_refused_before_decoding(index_dir, monkeypatch):
-    from kclip.serve import app as app_module
+    from kclip.serve import uploads as upload_module
 
-    client = TestClient(create_app(FakeEncoder(), index_dir, max_upload_pixels=1_000_000))
-    monkeypatch.setattr(app_module, "load_image", lambda *args, **kwargs: pytest.fail("decoded a refused picture"))
+    client = local_client(create_app(FakeEncoder(), index_dir, max_upload_pixels=1_000_000))
+    monkeypatch.setattr(upload_module, "load_image", lambda *args, **kwargs: pytest.fail("decoded a refused picture"))
     huge = png_bytes("red", size=(1000, 1001))
     assert len(huge) < 20_000
     response = client.post("/api/search/image", files={"image": ("huge.png", huge, "image/png")})
@@ -265,7 +265,7 @@ def test_unexpected_errors_answer_without_a_stack_trace(index_dir):
         def encode_text(self, texts, batch_size=32):
             raise RuntimeError("internal detail that must not leak")
 
-    client = TestClient(create_app(Broken(), index_dir), raise_server_exceptions=False)
+    client = local_client(create_app(Broken(), index_dir), raise_server_exceptions=False)
     response = client.get("/api/search", params={"q": "red"})
     assert response.status_code == 500
     assert "log has the details" in response.json()["error"] and "internal detail" not in response.text
@@ -302,7 +302,7 @@ def test_real_tiny_model_answers_as_kclip_search_does(tmp_path):
     for number in range(5):
         Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(photos / f"p{number}.png")
     index = kclip.build_index(model, photos, tmp_path / "index", progress=False)
-    client = TestClient(create_app(model, tmp_path / "index"))
+    client = local_client(create_app(model, tmp_path / "index"))
     answer = client.get("/api/search", params={"q": "a red circle", "k": 3}).json()
     expected = kclip.search("a red circle", model=model, index=index, top_k=3)
     assert names(answer) == [result.path.name for result in expected]

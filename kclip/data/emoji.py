@@ -157,3 +157,28 @@ def write_emoji_dataset(out_dir, image_size=96, font_path=FONT_PATH, cldr_dir=CL
     os.replace(building, out_dir)
     print(f"Emoji data set: {len(rows)} pictures in {out_dir} ({len(skipped)} skipped, see skipped.txt).")
     return out_dir
+
+
+# scikit-image's sample photos that the demo indexes beside the held-out emoji, and the
+# free-text search each one answers.
+SAMPLE_PHOTOS = {"chelsea": "a cat", "coffee": "a cup of coffee", "rocket": "a rocket",
+                 "motorcycle": "a motorcycle", "coins": "coins"}
+
+
+def write_sample_photos(folder):
+    """Writes scikit-image's real photos into `folder` as photo_<name>.png; {query: path}, or {}
+    when scikit-image is not installed (pip install scikit-image)."""
+    try:
+        import skimage.data as photos
+    except ImportError:
+        return {}
+    loaders = {"chelsea": photos.chelsea, "coffee": photos.coffee, "rocket": photos.rocket,
+               "motorcycle": lambda: photos.stereo_motorcycle()[0], "coins": photos.coins}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    written = {}
+    for name, query in SAMPLE_PHOTOS.items():
+        path = folder / f"photo_{name}.png"
+        Image.fromarray(np.asarray(loaders[name]())).convert("RGB").save(path)
+        written[query] = path
+    return written

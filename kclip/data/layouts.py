@@ -10,9 +10,8 @@ non-image files) is skipped and recorded in a `SkipReport`, never fatal unless i
 
 from __future__ import annotations
 
-import csv
-import json
 import os
+import re
 import tempfile
 import unicodedata
 from dataclasses import dataclass, field
@@ -21,6 +20,8 @@ from typing import Iterable, Sequence
 
 from kclip.data import report as skip
 from kclip.data import splits as split_rules
+from kclip.data.caption_files import jsonl_parser, keep_caption, parse_results_line, parse_token_line, \
+    read_lines, read_table
 from kclip.data.report import SkipReport
 from kclip.data.image_io import find_unreadable_images, iter_image_files
 
@@ -163,131 +164,63 @@ def _nfc(name: str) -> str:
     return unicodedata.normalize("NFC", name)
 
 
-def _keep_caption(captions: dict[str, list[str]], image: str, caption: str, where: str, report: SkipReport) -> None:
-    caption = " ".join(caption.split())
-    image = image.strip()
-    if "\ufffd" in caption or "\ufffd" in image:
-        report.add(where, skip.MALFORMED_LINE, "not valid UTF-8", captions_dropped=1)
-    elif not image:
-        report.add(where, skip.MALFORMED_LINE, "no image name", captions_dropped=1)
-    elif not caption:
-        report.add(where, skip.EMPTY_CAPTION, f"image {image}", captions_dropped=1)
-    else:
-        captions.setdefault(image, []).append(caption)
-
-
-def _read_table(path: Path, image_column: str, caption_column: str, report: SkipReport,
-                delimiter: str = ",") -> dict[str, list[str]]:
-    """Read a delimited caption file with a header naming the image and caption columns."""
-    captions: dict[str, list[str]] = {}
-    with open(path, encoding="utf-8-sig", errors="replace", newline="") as handle:
-        reader = csv.reader(handle, delimiter=delimiter)
-        header = [name.strip().lower() for name in next(reader, [])]
-        if image_column.lower() not in header or caption_column.lower() not in header:
-            raise ValueError(
-                f"{path} has columns {header}, but the image column '{image_column}' and caption column "
-                f"'{caption_column}' are both required; set image_column=/caption_column= to the right names."
-            )
-        image_index, caption_index = header.index(image_column.lower()), header.index(caption_column.lower())
-        for row in reader:
-            where = f"{path.name}:{reader.line_num}"
-            report.total_captions += 1
-            if len(row) < len(header):
-                if not any(field.strip() for field in row):
-                    report.total_captions -= 1  # a blank line is not a caption
-                    continue
-                report.add(where, skip.MALFORMED_LINE, f"{len(row)} fields, expected {len(header)}", captions_dropped=1)
-                continue
-            caption = row[caption_index]
-            if len(row) > len(header) and caption_index == len(header) - 1:
-                # An unquoted delimiter inside the last column split the caption: join it back.
-                caption = delimiter.join(row[caption_index:])
-            _keep_caption(captions, row[image_index], caption, where, report)
-    return captions
-
-
-def _read_lines(path: Path, parse_line, report: SkipReport) -> dict[str, list[str]]:
-    """Read a line-based caption file; `parse_line(line, number)` returns [(image, caption), ...]
-    or, for a malformed line, a string saying what is wrong with it."""
-    captions: dict[str, list[str]] = {}
-    lines = path.read_text(encoding="utf-8-sig", errors="replace").splitlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where, parsed = f"{path.name}:{number}", parse_line(line, number)
-        if isinstance(parsed, str):
-            report.total_captions += 1
-            report.add(where, skip.MALFORMED_LINE, parsed, captions_dropped=1)
-            continue
-        for image, caption in parsed:
-            report.total_captions += 1
-            _keep_caption(captions, image, caption, where, report)
-    return captions
-
-
-def _parse_token_line(line: str, number: int):
-    """Flickr8k.token.txt: "IMG.jpg#N<TAB>caption"."""
-    key, tab, caption = line.partition("\t")
-    if not tab:
-        return "no tab between image#N and caption"
-    image, hash_sign, index = key.strip().rpartition("#")
-    return [(image if hash_sign and index.isdigit() else key, caption)]
-
-
-def _parse_results_line(line: str, number: int):
-    """Kaggle Flickr30k results.csv: "image| number| comment". Split by hand: comments hold stray
-    quote characters, which a CSV reader would interpret, and the odd "|", which stays in the comment."""
-    if number == 1 and line.lower().startswith("image_name"):
-        return []
-    fields = line.split("|", 2)
-    return [(fields[0], fields[2])] if len(fields) == 3 else "fewer than three '|'-separated fields"
-
-
-def _jsonl_parser(image_column: str, caption_column: str):
-    def parse(line: str, number: int):
-        try:
-            row = json.loads(line)
-        except ValueError as error:
-            return f"not JSON ({error})"
-        if not (isinstance(row, dict) and image_column in row and caption_column in row):
-            return f"needs an object with '{image_column}' and '{caption_column}' keys"
-        # One line may carry several captions as a list.
-        values = row[caption_column] if isinstance(row[caption_column], list) else [row[caption_column]]
-        return [(str(row[image_column]), "" if value is None else str(value)) for value in values]
-    return parse
-
-
 def _read_captions(plan: _Plan, report: SkipReport, image_column: str, caption_column: str) -> dict[str, list[str]]:
     path = plan.caption_file
     if plan.layout == "kaggle_flickr8k":
-        return _read_table(path, "image", "caption", report)
+        return read_table(path, "image", "caption", report)
     if plan.layout == "kaggle_flickr30k":
-        return _read_lines(path, _parse_results_line, report)
+        return read_lines(path, parse_results_line, report)
     if plan.layout == "flickr8k":
-        return _read_lines(path, _parse_token_line, report)
+        return read_lines(path, parse_token_line, report)
     if plan.layout == "karpathy":
         captions: dict[str, list[str]] = {}
         for image, sentences in split_rules.read_karpathy_json(path)[1].items():
             report.total_captions += len(sentences)
             for sentence in sentences:
-                _keep_caption(captions, image, sentence, f"{path.name}: {image}", report)
+                keep_caption(captions, image, sentence, f"{path.name}: {image}", report)
         return captions
     if path.suffix.lower() == ".jsonl":
-        return _read_lines(path, _jsonl_parser(image_column, caption_column), report)
-    return _read_table(path, image_column, caption_column, report, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+        return read_lines(path, jsonl_parser(image_column, caption_column), report)
+    return read_table(path, image_column, caption_column, report, delimiter="\t" if path.suffix.lower() == ".tsv" else ",")
+
+
+def _outside_reason(image: str, images_dir: Path) -> str | None:
+    """Why the caption file's image name leads outside the image folder; None when it stays inside."""
+    name = image.replace("\\", "/")
+    if "\0" in name:
+        return "names a file with a NUL character"
+    if name.startswith("/") or re.match(r"^[A-Za-z]:", name):
+        if _relative_inside(name, images_dir) is None:
+            return f"is an absolute path outside {images_dir}; caption files name images inside it"
+        return None
+    if ".." in PurePosixPath(name).parts:
+        return f"climbs out with '..'; caption files name images inside {images_dir}"
+    return None
+
+
+def _relative_inside(name: str, images_dir: Path) -> str | None:
+    """An absolute image path as the "/"-separated path relative to images_dir; None when it lies outside."""
+    try:
+        return Path(name).resolve().relative_to(images_dir.resolve()).as_posix()
+    except (ValueError, OSError):
+        return None
 
 
 def _find_image(image: str, on_disk: dict[str, Path], lower_case: dict[str, str], plan: _Plan) -> tuple[str, Path] | None:
     """(image id, path) of the file a caption line names, or None when it is not on disk."""
     name = _nfc(PurePosixPath(image.replace("\\", "/")).as_posix())
+    if PurePosixPath(name).is_absolute():
+        name = _relative_inside(name, plan.images_dir) or name
     # Custom caption files may name images relative to the images/ folder beside them.
     prefixes = ("", "images/", "Images/") if plan.layout == "custom" else ("",)
     match = next((prefix + name for prefix in prefixes if prefix + name in on_disk), None)
     match = match or lower_case.get(name.lower())  # "IMG.JPG" on disk for "img.jpg" in the file
     if match:
         return match, on_disk[match]
-    if (plan.images_dir / name).is_file():  # an extension we do not list, or an absolute path
-        return name, plan.images_dir / name
+    candidate = plan.images_dir / name
+    # An extension we do not list; a link leading out of the folder is refused like a '..' path.
+    if candidate.is_file() and plan.images_dir.resolve() in candidate.resolve().parents:
+        return name, candidate
     return None
 
 
@@ -331,6 +264,10 @@ def read_captioned_images(
     lower_case = {name.lower(): name for name in on_disk}
     resolved: dict[str, tuple[str, Path]] = {}  # name in the caption file -> (image id, path)
     for image in captions:
+        outside = _outside_reason(image, plan.images_dir)
+        if outside:
+            report.add(image[:200], skip.OUTSIDE_DATA_FOLDER, outside, captions_dropped=len(captions[image]))
+            continue
         found = _find_image(image, on_disk, lower_case, plan)
         if found:
             resolved[image] = found

@@ -22,19 +22,29 @@ shuffling, caching and batching below (`_batches`).
 """
 
 import numpy as np
-import tensorflow as tf
 
 from kclip.data.image_io import load_model_image
+from kclip.utils.optional import require_tensorflow, tensorflow_available
 
-# kclip trains on torch; TensorFlow only feeds it, and must not map the GPU's memory.
-try:
-    tf.config.set_visible_devices([], "GPU")
-except RuntimeError:  # already initialized by the caller: nothing left to hide
-    pass
-
-AUTOTUNE = tf.data.AUTOTUNE
+AUTOTUNE = -1  # tf.data.AUTOTUNE, without importing TensorFlow for it
 # Encoded images held for shuffling prepared shards (on top of shuffling the shard files).
 DEFAULT_SHUFFLE_BUFFER = 4096
+_gpu_hidden = False
+
+
+def _tf():
+    """TensorFlow, imported on first use: kclip imports and trains without it (the pydataset
+    loader, kclip/data/pydataset.py); this loader is the one that needs it."""
+    global _gpu_hidden
+    tf = require_tensorflow("the tf.data loader (data.loader: tfdata) and prepared TFDS shards")
+    if not _gpu_hidden:
+        _gpu_hidden = True
+        # kclip trains on torch; TensorFlow only feeds it, and must not map the GPU's memory.
+        try:
+            tf.config.set_visible_devices([], "GPU")
+        except RuntimeError:  # already initialized by the caller: nothing left to hide
+            pass
+    return tf
 
 
 def _decoder(image_size):
@@ -47,12 +57,14 @@ def _decoder(image_size):
 
 def resize_image(image, resizing):
     """A (H, W, 3) image tensor -> (S, S, 3) uint8 through the model's resizing layer."""
+    tf = _tf()
     resized = resizing(tf.cast(image, "float32"))
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
 def decode_and_resize(path, resizing, image_size):
     """A path tensor -> a (S, S, 3) uint8 image, resized by the model's converter."""
+    tf = _tf()
     image = tf.numpy_function(_decoder(image_size), [path], tf.uint8, stateful=False)
     image.set_shape((None, None, 3))
     return resize_image(image, resizing)
@@ -60,11 +72,13 @@ def decode_and_resize(path, resizing, image_size):
 
 def decode_jpeg_and_resize(encoded, resizing):
     """JPEG bytes (as prepared, already RGB and oriented) -> a (S, S, 3) uint8 image."""
+    tf = _tf()
     return resize_image(tf.io.decode_jpeg(encoded, channels=3), resizing)
 
 
 def _augment(image, seed):
     """Random resized crop (80-100% of the side) and horizontal flip."""
+    tf = _tf()
     size = tf.shape(image)[0]
     crop = tf.cast(tf.cast(size, tf.float32) * tf.random.stateless_uniform((), seed, 0.8, 1.0), tf.int32)
     image = tf.image.stateless_random_crop(image, (crop, crop, 3), seed)
@@ -93,6 +107,8 @@ def _batches(items, decode, batch_size, seed, captions, cache, augment, shuffle,
     cache the (cheap) undecoded items are shuffled before decoding, so the shuffle buffer
     never holds decoded images; with a cache, decoded images are cached, then shuffled.
     """
+    tf = _tf()
+
     def with_image(item):
         return {"image": decode(item), "captions": item["captions"], "image_id": item["image_id"]}
 
@@ -147,6 +163,7 @@ def training_dataset(images, resizing, image_size, batch_size, seed=0, captions=
         resizing: the preprocessor's `image_converter.resizing` layer.
         image_size: the square side the model takes.
     """
+    tf = _tf()
     _check_arguments(len(images), batch_size, captions, drop_remainder)
     paths = [str(image.image_path) for image in images]
     caption_lists = tf.ragged.constant([list(image.captions) for image in images])
@@ -175,6 +192,7 @@ def prepared_dataset(prepared, split, resizing, batch_size, seed=0, captions="on
         shuffle_buffer: encoded images held for shuffling, on top of shuffling
             the order of the shard files (default 4096, about 0.4 GB at 512 px).
     """
+    tf = _tf()
     import tensorflow_datasets as tfds
 
     from kclip.data.splits import normalise_split_name
@@ -204,18 +222,36 @@ def prepared_dataset(prepared, split, resizing, batch_size, seed=0, captions="on
     )
 
 
-def datasets_for_training(records, data_config, resizing, image_size, seed=0):
+def resolve_loader(loader="auto"):
+    """`data.loader` -> "tfdata" or "pydataset"; auto: tfdata where TensorFlow is installed."""
+    if loader == "auto":
+        return "tfdata" if tensorflow_available() else "pydataset"
+    if loader not in ("tfdata", "pydataset"):
+        raise ValueError(f"data.loader must be auto, tfdata or pydataset, got {loader!r}.")
+    return loader
+
+
+def datasets_for_training(records, data_config, resizing, image_size, seed=0, preprocessor=None):
     """(train, validation or None) for `fit`, as `data_config` asks.
 
-    With `data_config.tfds` (default on) the records are prepared once into TFDS shards
-    (`kclip.data.tfds_builders.prepare_tfds`, reused while the data is unchanged) and read
-    from there; otherwise the loose files are decoded every epoch.
+    `data_config.loader` picks the pipeline (`resolve_loader`). The pydataset loader
+    (kclip/data/pydataset.py, no TensorFlow) reads the loose files and needs the model's
+    `preprocessor`. The tf.data loader, with `data_config.tfds` (default on), prepares the
+    records once into TFDS shards (`kclip.data.tfds_builders.prepare_tfds`, reused while the
+    data is unchanged) and reads them from there; otherwise it decodes the loose files every epoch.
     """
+    if resolve_loader(getattr(data_config, "loader", "auto")) == "pydataset":
+        from kclip.data.pydataset import datasets_for_training as pydatasets_for_training
+
+        if preprocessor is None:
+            raise ValueError("The pydataset loader needs the model's preprocessor: pass preprocessor=model.preprocessor.")
+        return pydatasets_for_training(records, data_config, preprocessor, seed=seed)
     options = dict(captions=data_config.captions, cache=data_config.cache, augment=data_config.augment)
     if not data_config.tfds:
         def read(split, batch_size, **kwargs):
             return training_dataset(records.for_split(split), resizing, image_size, batch_size, seed=seed, **kwargs)
     else:
+        _tf()  # what to install, before tensorflow_datasets fails to import without it
         from kclip.data.tfds_builders import prepare_tfds
 
         prepared = prepare_tfds(
@@ -249,6 +285,8 @@ def repeated_for_fit(dataset, steps_per_epoch=None):
     reshuffled and draws new captions, as a new epoch did before. A dataset of unknown
     length (a TFDS read) is returned as it is.
     """
+    if not hasattr(dataset, "cardinality"):  # the pydataset loader's: Keras knows its length
+        return dataset, steps_per_epoch
     length = int(dataset.cardinality())
     if length <= 0:  # tf.data.UNKNOWN_CARDINALITY (-2), INFINITE (-1), or empty
         return dataset, steps_per_epoch

@@ -19,6 +19,7 @@ MALFORMED_LINE = "malformed caption line"
 EMPTY_CAPTION = "empty caption"
 MISSING_IMAGE = "image file missing"
 UNREADABLE_IMAGE = "unreadable image file"
+OUTSIDE_DATA_FOLDER = "image outside the data folder"
 # Informational: these drop nothing that a user would expect to train on.
 NOT_IN_SPLIT_LISTS = "image not in the official split lists"
 IMAGE_WITHOUT_CAPTIONS = "image without captions"

@@ -17,12 +17,16 @@ On disk the ANN index lives beside the embeddings, as two files named after the 
 checksum:
     ann-<sha16>.faiss   the faiss index (codes and codebooks), written atomically (kclip.utils.files), under the index lock
     ann-<sha16>.json    what it was built from: embeddings_file, embeddings_sha256, count, dim,
-                        parameters; written last, so an .faiss file without it is never used
+                        parameters, and faiss_sha256 (of the .faiss file's bytes); written last, so
+                        an .faiss file without it is never used
 An ANN file whose record does not match the current metadata.json exactly is stale and is ignored
-(and removed by the next build), so it can never answer for other embeddings.
+(and removed by the next build), so it can never answer for other embeddings. faiss parses its
+files in native code, so the .faiss file's bytes are checked against faiss_sha256 before faiss
+sees them: only a file this record vouches for is ever deserialized.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from pathlib import Path
@@ -125,9 +129,10 @@ class AnnSearcher:
         if self.faiss_index is None:
             return  # too small to need a file; rebuilding is instant
         stem = ann_file_stem(metadata)
-        data = _faiss().serialize_index(self.faiss_index)
-        write_bytes(directory / f"{stem}.faiss", np.asarray(data).tobytes())
-        write_json(directory / f"{stem}.json", {**ann_record(metadata), "rerank": self.rerank}, indent=1)
+        data = np.asarray(_faiss().serialize_index(self.faiss_index)).tobytes()
+        write_bytes(directory / f"{stem}.faiss", data)
+        write_json(directory / f"{stem}.json", {**ann_record(metadata), "rerank": self.rerank,
+                                                "faiss_sha256": hashlib.sha256(data).hexdigest()}, indent=1)
 
     @classmethod
     def load(cls, directory: Path, metadata: dict, embeddings: np.ndarray,
@@ -141,8 +146,11 @@ class AnnSearcher:
             return None
         try:
             record = json.loads(record_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as error:
+        except (OSError, ValueError, RecursionError) as error:
             logger.warning("ignoring unreadable ANN record %s: %s", record_path, error)
+            return None
+        if not isinstance(record, dict):
+            logger.warning("ignoring ANN record %s: not a JSON object", record_path)
             return None
         expected = ann_record(metadata)
         if any(record.get(key) != value for key, value in expected.items()):
@@ -150,7 +158,15 @@ class AnnSearcher:
             return None
         faiss = _faiss()
         try:
-            index = faiss.deserialize_index(np.fromfile(index_path, dtype=np.uint8))
+            data = index_path.read_bytes()
+        except OSError as error:
+            logger.warning("ignoring unreadable ANN index %s: %s", index_path, error)
+            return None
+        if not isinstance(record.get("faiss_sha256"), str) or hashlib.sha256(data).hexdigest() != record["faiss_sha256"]:
+            logger.warning("ignoring ANN index %s: its bytes do not match the checksum in %s", index_path, record_path.name)
+            return None
+        try:
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
         except (OSError, RuntimeError) as error:
             logger.warning("ignoring unreadable ANN index %s: %s", index_path, error)
             return None

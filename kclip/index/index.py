@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
@@ -24,6 +23,7 @@ from tqdm.auto import tqdm
 
 from kclip.index.ann import AnnSearcher
 from kclip.data.image_io import ImageLoadError, decode_side, iter_image_files, load_image
+from kclip.index.ownership import check_index_folder, remove_checkpoints
 from kclip.index.store import (
     CHECKPOINT_DIR, DEFAULT_LOCK_TIMEOUT, FORMAT_NAME, METADATA_FILE, FileRecord, IndexLockTimeout, commit,
     file_records, index_lock, load_embeddings, load_index_files, read_checkpoints, read_metadata,
@@ -280,6 +280,9 @@ def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "f
     intact and loadable until the new one is complete.
     backend: "auto" (ANN from ANN_THRESHOLD images on), "exact" or "ann". With ANN, the ANN index is
     built (or an up-to-date one reused) and saved beside the embeddings before returning.
+    out_dir must be new, empty or a kclip index, and neither inside image_dir nor around it:
+    anything else is refused with ValueError before a file is written (kclip.index.ownership), so
+    the user's own files are never overwritten or deleted.
     A build holds out_dir/index.lock from start to commit: a second build of the same folder waits
     for it (up to `lock_timeout` seconds, None = for ever, then IndexLockTimeout naming the lock
     file) and then embeds only what the first one did not. Readers (Index.load) never wait.
@@ -293,7 +296,11 @@ def build_index(model, image_dir, out_dir, batch_size: int = 32, dtype: str = "f
             raise ValueError(f"{name} must be a positive integer; got {value!r}.")
     image_dir = Path(image_dir).expanduser().resolve()
     out_dir = Path(out_dir).expanduser().resolve()
+    if not image_dir.is_dir():
+        raise FileNotFoundError(f"Image folder {image_dir} does not exist or is not a folder.")
+    check_index_folder(out_dir, image_dir)  # before the lock file: nothing is written into a refused folder
     with index_lock(out_dir, lock_timeout):
+        check_index_folder(out_dir, image_dir)  # again: another process may have written meanwhile
         index = _build_locked(model, image_dir, out_dir, batch_size, dtype, progress, rebuild, checkpoint_every,
                               backend)
     report = index.report
@@ -308,7 +315,7 @@ def _build_locked(model, image_dir: Path, out_dir: Path, batch_size, dtype, prog
     fingerprint = str(model.fingerprint())
     checkpoint_dir = out_dir / CHECKPOINT_DIR
     if rebuild:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_checkpoints(checkpoint_dir)
     previous = None if rebuild else _previous_index(out_dir, fingerprint, image_dir)
     report = BuildReport()
     records = _scan(image_dir, report)
@@ -364,7 +371,7 @@ def _build_locked(model, image_dir: Path, out_dir: Path, batch_size, dtype, prog
         embeddings = np.stack([fresh[record] if record in fresh else known[record] for record in indexed])
         commit(out_dir, header, embeddings, indexed, report.skipped)
     else:
-        shutil.rmtree(checkpoint_dir, ignore_errors=True)
+        remove_checkpoints(checkpoint_dir)
     index = Index.load(out_dir, backend=backend)
     index.report = report
     return index

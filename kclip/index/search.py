@@ -16,6 +16,23 @@ from PIL import Image
 from kclip.data.image_io import is_image_file_name, load_image
 from kclip.index.index import Index, SearchResult, _decode_side
 
+# A result grid is drawn in memory: (top_k + 2) tiles of tile_size^2 RGB pixels. These bounds keep it
+# under about 300 MB (a 100,000-pixel tile asked for 17.9 GB).
+MAX_GRID_TILE_SIZE = 1024
+MAX_GRID_PIXELS = 100_000_000
+
+
+def check_grid_size(tile_size, top_k) -> None:
+    """ValueError unless a result grid of `top_k` tiles of `tile_size` pixels fits the bounds above."""
+    if isinstance(tile_size, bool) or not isinstance(tile_size, int) or not 16 <= tile_size <= MAX_GRID_TILE_SIZE:
+        raise ValueError(f"the grid's tile size must be a whole number of pixels from 16 to {MAX_GRID_TILE_SIZE}; "
+                         f"got {tile_size!r}.")
+    pixels = (int(top_k) + 2) * tile_size * tile_size
+    if pixels > MAX_GRID_PIXELS:
+        raise ValueError(f"a grid of {top_k} results at {tile_size} pixels per tile would be {pixels / 1e6:.0f} "
+                         f"megapixels, above {MAX_GRID_PIXELS / 1e6:.0f}; ask for fewer results or smaller tiles.")
+
+
 def _is_image_query(query) -> bool:
     """Arrays, PIL images and Path objects are images; so is a str ending in an image extension.
 

@@ -14,6 +14,13 @@ files ([{path (relative to image_dir, "/"-separated), size, mtime_ns}]), num_ski
 skipped ([{path, reason}]), updated_at.
 
     index.lock                  taken by whoever writes the folder (see index_lock)
+    cleanup.json                the files a commit is about to write or replace; exists only while
+                                one runs (or after it was killed), so whatever it left is removed later
+
+Nothing else is ever written, and only the files these records name are ever deleted
+(kclip.index.ownership); build_index refuses a folder holding anything else and no kclip index.
+metadata.json is validated on load (`validate_metadata`): wrong types, absolute or ".." paths, or
+counts that disagree are refused as a damaged index, never followed.
 
 A commit writes a fresh embeddings-<token>.npy first and then replaces metadata.json, each through
 kclip.utils.files (temporary file, fsync, os.replace, fsync of the folder). metadata.json alone says
@@ -21,8 +28,8 @@ which embeddings file is current, so a build killed at any point leaves the prev
 with its own, untouched, embeddings.
 
 Concurrency: every writer (a build, an ANN save) holds index.lock, so a second build of the same
-folder waits for the first and then reuses its embeddings. Files no committed metadata refers to are
-deleted only under that lock, right after a commit. Readers take no lock: they read metadata.json,
+folder waits for the first and then reuses its embeddings. Replaced files are deleted only under
+that lock, right after a commit. Readers take no lock: they read metadata.json,
 then its embeddings file; if a commit removed that file in between, they read metadata.json again
 (load_index_files).
 """
@@ -31,7 +38,8 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import shutil
+import os
+import re
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -41,15 +49,14 @@ from typing import NamedTuple
 import numpy as np
 from filelock import FileLock, Timeout
 
-from kclip.utils.files import is_temporary, write_json, write_numpy
+from kclip.index import ownership
+from kclip.index.ownership import CHECKPOINT_DIR, FORMAT_NAME, LOCK_FILE, METADATA_FILE
+from kclip.utils.files import write_json, write_numpy
 
 logger = logging.getLogger(__name__)
 
-FORMAT_NAME = "kclip-image-index"
 FORMAT_VERSION = 1
-METADATA_FILE = "metadata.json"
-CHECKPOINT_DIR = "partial"
-LOCK_FILE = "index.lock"
+DTYPES = ("float16", "float32")
 # A second build of the same folder waits this long for the first one before giving up.
 DEFAULT_LOCK_TIMEOUT = 600.0
 
@@ -57,7 +64,7 @@ DEFAULT_LOCK_TIMEOUT = 600.0
 def _read_json(path: Path) -> dict:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as error:
         raise ValueError(f"{path} is not valid JSON ({error}); rebuild the index (rebuild=True).") from error
 
 
@@ -66,14 +73,94 @@ def read_metadata(directory: Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"{directory} holds no kclip index ({METADATA_FILE} is missing); build one first.")
     metadata = _read_json(path)
-    if metadata.get("format") != FORMAT_NAME:
-        raise ValueError(f"{path} is not a kclip image index (format {metadata.get('format')!r}).")
-    if metadata.get("format_version", 0) > FORMAT_VERSION:
+    if not isinstance(metadata, dict) or metadata.get("format") != FORMAT_NAME:
+        found = metadata.get("format") if isinstance(metadata, dict) else type(metadata).__name__
+        raise ValueError(f"{path} is not a kclip image index (format {found!r}).")
+    version = metadata.get("format_version")
+    if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise ValueError(
-            f"{path} has format version {metadata['format_version']}, newer than this kclip reads "
+            f"{path} has format version {version}, newer than this kclip reads "
             f"({FORMAT_VERSION}); upgrade kclip or rebuild the index."
         )
+    validate_metadata(metadata, path)
     return metadata
+
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+_EMBEDDINGS_FILE = re.compile(r"^embeddings-[0-9A-Za-z_-]{1,64}\.npy$")
+
+
+def _is_int(value, low: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def safe_relative_path(path) -> str | None:
+    """What is wrong with `path` as an indexed file's path (relative, "/"-separated, inside its folder); None if nothing."""
+    if not isinstance(path, str) or not path:
+        return "is not a non-empty string"
+    if "\0" in path:
+        return "holds a NUL character"
+    # A backslash is an ordinary character in a POSIX file name, but a separator on Windows.
+    parts = re.split(r"[/\\]", path) if os.name == "nt" else path.split("/")
+    if path.startswith("/") or Path(path).is_absolute() or Path(path).drive:
+        return "is an absolute path"
+    if any(part in ("", ".", "..") for part in parts):
+        return "has an empty, '.' or '..' part"
+    return None
+
+
+def validate_metadata(metadata: dict, path: Path) -> None:
+    """Raise ValueError naming the first key of `metadata` that does not have the documented form.
+
+    An index folder may have been copied from someone else: its paths must stay inside its image
+    folder, and every value must have the type the readers rely on.
+    """
+    def refuse(key: str, problem: str):
+        raise ValueError(f"{path} is damaged or was edited by hand: {key} {problem}; rebuild the index "
+                         "(rebuild=True).")
+
+    if not _is_int(metadata.get("format_version"), 1):
+        refuse("format_version", f"must be a whole number >= 1, not {metadata.get('format_version')!r}")
+    image_dir = metadata.get("image_dir")
+    if not isinstance(image_dir, str) or "\0" in image_dir or not Path(image_dir).is_absolute():
+        refuse("image_dir", f"must be an absolute folder path, not {image_dir!r}")
+    if not isinstance(metadata.get("model_fingerprint"), str):
+        refuse("model_fingerprint", "must be a string")
+    if metadata.get("dtype") not in DTYPES:
+        refuse("dtype", f"must be one of {list(DTYPES)}, not {metadata.get('dtype')!r}")
+    if not _is_int(metadata.get("embedding_dim"), 1):
+        refuse("embedding_dim", f"must be a whole number >= 1, not {metadata.get('embedding_dim')!r}")
+    if not isinstance(metadata.get("embeddings_file"), str) or not _EMBEDDINGS_FILE.match(metadata["embeddings_file"]):
+        refuse("embeddings_file", f"must name an embeddings-*.npy file in the index folder, not "
+                                  f"{metadata.get('embeddings_file')!r}")
+    if not isinstance(metadata.get("embeddings_sha256"), str) or not _SHA256.match(metadata["embeddings_sha256"]):
+        refuse("embeddings_sha256", "must be 64 lower-case hex digits")
+    files = metadata.get("files")
+    if not isinstance(files, list):
+        refuse("files", f"must be a list, not {type(files).__name__}")
+    if not _is_int(metadata.get("count")) or metadata["count"] != len(files):
+        refuse("count", f"must equal the number of files ({len(files)}), not {metadata.get('count')!r}")
+    seen = set()
+    for number, row in enumerate(files):
+        if not isinstance(row, dict):
+            refuse(f"files[{number}]", "must be an object")
+        problem = safe_relative_path(row.get("path"))
+        if problem:
+            refuse(f"files[{number}].path", f"{problem} ({row.get('path')!r}); indexed paths stay inside image_dir")
+        if row["path"] in seen:
+            refuse(f"files[{number}].path", f"repeats {row['path']!r}")
+        seen.add(row["path"])
+        if not (_is_int(row.get("size")) and _is_int(row.get("mtime_ns"), -2**63)):
+            refuse(f"files[{number}]", "needs whole-number size and mtime_ns")
+    skipped = metadata.get("skipped", [])
+    if not isinstance(skipped, list) or not all(
+            isinstance(row, dict) and isinstance(row.get("path"), str) and isinstance(row.get("reason"), str)
+            for row in skipped):
+        refuse("skipped", "must be a list of {path, reason} strings")
+    if not _is_int(metadata.get("num_skipped", 0)):
+        refuse("num_skipped", "must be a whole number >= 0")
+    if not isinstance(metadata.get("updated_at", ""), (str, type(None))):
+        refuse("updated_at", "must be a string")
 
 
 def array_sha256(array: np.ndarray) -> str:
@@ -199,31 +286,25 @@ def read_checkpoints(checkpoint_dir: Path, header: dict) -> dict:
 
 
 def remove_stale_files(out_dir: Path) -> list:
-    """Delete what the committed metadata.json does not refer to; call it holding index_lock.
+    """Delete the files the index's records name as replaced; call it holding index_lock.
 
     Kept: metadata.json, the embeddings file it names, the ANN files of those embeddings, the lock.
-    Removed: other embeddings-*.npy and ann-* files, partial writes and the build checkpoints.
-    Returns the removed names. Without committed metadata nothing is removed.
+    Removed: the files cleanup.json names (the previous embeddings and ANN files, and whatever a
+    killed commit was writing), kclip's half-written temporaries and its build checkpoints; never
+    anything else (kclip.index.ownership). Returns the removed names. Without committed metadata
+    nothing is removed.
     """
     try:
         metadata = read_metadata(out_dir)
     except (FileNotFoundError, ValueError):
         return []
-    keep_embeddings, keep_ann = metadata["embeddings_file"], f"ann-{metadata['embeddings_sha256'][:16]}"
-    removed = []
-    for path in out_dir.iterdir():
-        name = path.name
-        stale = (
-            (name.startswith("embeddings-") and name.endswith(".npy") and name != keep_embeddings)
-            or (name.startswith("ann-") and path.suffix in (".faiss", ".json") and path.stem != keep_ann)
-            or (is_temporary(name) and path.is_file())
-        )
-        if stale:
-            path.unlink(missing_ok=True)
-            removed.append(name)
-    if (out_dir / CHECKPOINT_DIR).exists():
-        shutil.rmtree(out_dir / CHECKPOINT_DIR, ignore_errors=True)
+    keep_ann = f"ann-{metadata['embeddings_sha256'][:16]}"
+    keep = {metadata["embeddings_file"], f"{keep_ann}.faiss", f"{keep_ann}.json"}
+    removed = ownership.remove_owned(out_dir, ownership.read_cleanup(out_dir), keep)
+    removed += ownership.remove_temporaries(out_dir)
+    if ownership.remove_checkpoints(out_dir / CHECKPOINT_DIR):
         removed.append(CHECKPOINT_DIR)
+    (out_dir / ownership.CLEANUP_FILE).unlink(missing_ok=True)
     return removed
 
 
@@ -231,6 +312,16 @@ def commit(out_dir: Path, header: dict, embeddings: np.ndarray, records: list, s
     """Write a new embeddings file, then point metadata.json at it; call it holding index_lock."""
     out_dir.mkdir(parents=True, exist_ok=True)
     embeddings_file = f"embeddings-{uuid.uuid4().hex[:12]}.npy"
+    # Recorded before it exists: a build killed from here on leaves an orphan the next commit may delete.
+    replaced = ownership.read_cleanup(out_dir) | {embeddings_file}
+    try:
+        previous = read_metadata(out_dir)
+    except (FileNotFoundError, ValueError):
+        previous = None
+    if previous is not None:
+        stem = f"ann-{previous['embeddings_sha256'][:16]}"
+        replaced |= {previous["embeddings_file"], f"{stem}.faiss", f"{stem}.json"}
+    ownership.write_cleanup(out_dir, replaced)
     _write_array(out_dir / embeddings_file, embeddings)
     metadata = {
         **header,

@@ -55,6 +55,8 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
             clip-lightning does with DistilBERT; "mean" averages the non-padding
             tokens, which a small from-scratch text tower learns from far sooner
             (configs/demo.yaml).
+        image_head, text_head: layers to use in place of the `ProjectionHead`s, such as
+            the zero-shot model's class-probability map (kclip/models/zero_shot.py).
     """
 
     def __init__(
@@ -65,6 +67,8 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
         dropout=0.1,
         initial_logit_scale=1 / 0.07,
         text_pooling="first",
+        image_head=None,
+        text_head=None,
         dtype=None,
         **kwargs,
     ):
@@ -80,8 +84,9 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
         self.image_pooling = keras.layers.GlobalAveragePooling2D(
             data_format=self.image_data_format, dtype=dtype, name="image_pooling"
         )
-        self.image_head = ProjectionHead(projection_dim, dropout, dtype=dtype, name="image_head")
-        self.text_head = ProjectionHead(projection_dim, dropout, dtype=dtype, name="text_head")
+        self.custom_heads = {"image_head": image_head is not None, "text_head": text_head is not None}
+        self.image_head = image_head or ProjectionHead(projection_dim, dropout, dtype=dtype, name="image_head")
+        self.text_head = text_head or ProjectionHead(projection_dim, dropout, dtype=dtype, name="text_head")
         self.image_normalize = L2Normalize(name="image_normalize")
         self.text_normalize = L2Normalize(name="text_normalize")
         self.contrastive_logits = ContrastiveLogits(initial_logit_scale, name="contrastive_logits")
@@ -111,24 +116,53 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
 
     def embed_images(self, images, training=None):
         """Channels-last images -> unit-length embeddings (symbolic or eager)."""
-        if self.image_data_format == "channels_first":
-            images = ops.transpose(images, (0, 3, 1, 2))
-        features = self.image_encoder(images, training=training)
-        pooled = self.image_pooling(features)
+        pooled = self.pool_images(images, training=training)
         return self.image_normalize(self.image_head(pooled, training=training))
 
     def embed_text(self, token_ids, padding_mask, training=None):
         """Packed token ids -> unit-length embeddings (symbolic or eager)."""
+        pooled = self.pool_text(token_ids, padding_mask, training=training)
+        return self.text_normalize(self.text_head(pooled, training=training))
+
+    def pool_images(self, images, training=None):
+        """Channels-last images -> the image tower's pooled features (what the image head reads)."""
+        if self.image_data_format == "channels_first":
+            images = ops.transpose(images, (0, 3, 1, 2))
+        return self.image_pooling(self.image_encoder(images, training=training))
+
+    def pool_text(self, token_ids, padding_mask, training=None):
+        """Packed token ids -> the text tower's pooled features (what the text head reads)."""
         encoder_inputs = {"token_ids": token_ids, "padding_mask": padding_mask}
         if "segment_ids" in self.text_encoder.input:
             encoder_inputs["segment_ids"] = ops.zeros_like(token_ids)
         sequence = _text_features(self.text_encoder(encoder_inputs, training=training))
         if self.text_pooling == "mean":
             mask = ops.expand_dims(ops.cast(padding_mask, sequence.dtype), -1)
-            pooled = ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1)
+            return ops.sum(sequence * mask, axis=1) / ops.maximum(ops.sum(mask, axis=1), 1)
+        return sequence[:, 0, :]
+
+    def outputs_from_features(self, inputs, training=None):
+        """The backbone's outputs from a batch whose frozen towers' work is already done.
+
+        `inputs` holds `image_features` (pooled, as `pool_images` gives) or `images`, and
+        `text_features` (as `pool_text` gives) or `token_ids` + `padding_mask`
+        (kclip/training/feature_cache.py).
+        """
+        if "image_features" in inputs:
+            pooled_images = inputs["image_features"]
         else:
-            pooled = sequence[:, 0, :]
-        return self.text_normalize(self.text_head(pooled, training=training))
+            pooled_images = self.pool_images(inputs["images"], training=training)
+        if "text_features" in inputs:
+            pooled_text = inputs["text_features"]
+        else:
+            pooled_text = self.pool_text(inputs["token_ids"], inputs["padding_mask"], training=training)
+        image_embeddings = self.image_normalize(self.image_head(pooled_images, training=training))
+        text_embeddings = self.text_normalize(self.text_head(pooled_text, training=training))
+        return {
+            "image_embeddings": image_embeddings,
+            "text_embeddings": text_embeddings,
+            "logits": self.contrastive_logits(image_embeddings, text_embeddings),
+        }
 
     @property
     def logit_scale(self):
@@ -147,6 +181,9 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
                 "text_pooling": self.text_pooling,
             }
         )
+        for key, custom in self.custom_heads.items():
+            if custom:
+                config[key] = keras.layers.serialize(getattr(self, key))
         return config
 
     @classmethod
@@ -158,15 +195,17 @@ class DualEncoderBackbone(keras_hub.models.Backbone):
             # KerasHub's ResNetBackbone.get_config() drops `data_format`; without it a
             # channels-first tower is rebuilt channels-last and fails to load.
             encoder_config = image_encoder.setdefault("config", {})
-            if "image_shape" in encoder_config:
+            # ResNet names its shape `image_shape`, EfficientNet(-Lite) `input_shape`.
+            shape_key = next((key for key in ("image_shape", "input_shape") if key in encoder_config), None)
+            if shape_key is not None:
                 runnable = runnable_data_format(data_format)
                 if runnable != data_format:
                     # Same sizes, channels moved last: (3, H, W) -> (H, W, 3).
-                    channels, *spatial = encoder_config["image_shape"]
-                    encoder_config["image_shape"] = (*spatial, channels)
+                    channels, *spatial = encoder_config[shape_key]
+                    encoder_config[shape_key] = (*spatial, channels)
                     encoder_config["data_format"] = runnable
                 encoder_config.setdefault("data_format", data_format)
-        for key in ("image_encoder", "text_encoder"):
-            if isinstance(config[key], dict):
+        for key in ("image_encoder", "text_encoder", "image_head", "text_head"):
+            if isinstance(config.get(key), dict):
                 config[key] = keras.layers.deserialize(config[key])
         return cls(**config)

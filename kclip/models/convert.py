@@ -40,26 +40,55 @@ IMAGENET_CFG = {"input_size": [3, 224, 224], "interpolation": "bicubic",
                 "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
 
 
+def _unsafe_global(error) -> str:
+    """The class torch's weights-only unpickler refused ("GLOBAL module.Name"), without torch's advice to
+    load the file with weights_only=False, which would run whatever code the file holds."""
+    for line in str(error).splitlines():
+        if "GLOBAL" in line:
+            return line.strip().rstrip(".") + "."
+    return ""
+
+
 def read_lightning_checkpoint(path):
     """(state dict of float32 numpy arrays, hyper_parameters) from a Lightning `.ckpt`.
 
     Loads with `torch.load(weights_only=True)`: a checkpoint that needs code to unpickle
-    is refused, never run.
+    is refused, never run. A file that is no PyTorch checkpoint at all (empty, truncated,
+    random bytes, text) is named as such before torch reads it.
     """
     import torch
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No checkpoint at {path}.")
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    if not start:
+        raise ValueError(f"{path} is empty (0 bytes), not a checkpoint; copy or download it again.")
+    # torch.save writes a zip archive; torch before 1.6 wrote a pickle (protocol 2+ starts with 0x80).
+    if start != b"PK\x03\x04" and start[:1] != b"\x80":
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint: it is neither a zip archive (what torch.save writes) nor a "
+            f"pickle (it starts with bytes {start.hex(' ')}). Check that this is the .ckpt file Lightning saved."
+        )
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
+        needed = _unsafe_global(error)
+        if not needed:
+            raise ValueError(f"{path} is damaged or not a PyTorch checkpoint: it cannot be unpickled.") from None
         raise ValueError(
             f"{path} can only be opened by running code stored in it, which kclip refuses "
-            f"(torch.load(weights_only=True)): {str(error).splitlines()[0]} If you trust the file, "
+            f"(torch.load(weights_only=True)): {needed} If you trust the file, "
             f"re-save it with plain types: torch.save({{'state_dict': ckpt['state_dict'], "
             f"'hyper_parameters': dict(ckpt['hyper_parameters'])}}, 'clean.ckpt')."
-        ) from error
+        ) from None
+    except (EOFError, RuntimeError, KeyError, ValueError, OSError, IndexError, TypeError) as error:
+        # torch reports a truncated zip or pickle as any of these; none of its own hints apply to such a file.
+        raise ValueError(
+            f"{path} is truncated or damaged: torch cannot read it as a checkpoint ({type(error).__name__}). "
+            "Copy or download it again."
+        ) from None
     if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
         raise ValueError(f"{path} is not a Lightning checkpoint: it has no 'state_dict'.")
     hyper_parameters = dict(checkpoint.get("hyper_parameters") or {})

@@ -6,6 +6,7 @@ It runs outside the model graph: inside `tf.data` during `fit` (KerasHub's
 
 import keras
 import keras_hub
+import numpy as np
 from keras_hub.src.layers.preprocessing.start_end_packer import StartEndPacker
 from keras_hub.src.utils.tensor_utils import preprocessing_function
 
@@ -13,6 +14,13 @@ from keras_hub.src.utils.tensor_utils import preprocessing_function
 def _trim_to_longest(token_ids, padding_mask, multiple=8):
     # Multiples of 8 keep the number of distinct shapes small (one trace each where
     # the backend compiles) and suit tensor-core tile sizes on a GPU.
+    if not type(token_ids).__module__.startswith("tensorflow"):
+        # Without TensorFlow, keras-hub runs preprocessing eagerly on arrays or backend
+        # tensors (and this is never traced), so the length can be read on the host.
+        mask = np.asarray(keras.ops.convert_to_numpy(padding_mask))
+        longest = int(mask.sum(axis=-1).max()) if mask.size else 0
+        length = min((longest + multiple - 1) // multiple * multiple, int(token_ids.shape[-1]))
+        return token_ids[..., :length], padding_mask[..., :length]
     import tensorflow as tf
 
     longest = tf.reduce_max(tf.reduce_sum(tf.cast(padding_mask, "int32"), axis=-1))

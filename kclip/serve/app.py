@@ -9,13 +9,17 @@
     GET  /thumb/ID, /image/ID                    an indexed image's thumbnail / original file
 
 Files are reached only through ids from the index (kclip.serve.state.image_id): nothing a request
-says is ever joined to a path. Errors are JSON {"error": message} with a 4xx status; anything
-unexpected is logged and answered with a short 500 message, never a stack trace.
+says is ever joined to a path, and a file is served only if it resolves inside the indexed folder.
+Errors are JSON {"error": message} with a 4xx status; anything unexpected is logged and answered
+with a short 500 message, never a stack trace, and answers never show a path on the server.
+Every request passes kclip.serve.security.RequestGuard first: unknown Host names get 400, requests
+sent by other sites' pages (Origin) 403 (see docs/security.md).
 """
 from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException, Request
@@ -25,9 +29,11 @@ from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from kclip.data.image_io import ImageLoadError, load_image, open_image
-from kclip.serve.state import IndexWatcher, ModelRunner
+from kclip.data.image_io import ImageLoadError
+from kclip.serve.security import LOOPBACK_NAMES, RequestGuard
+from kclip.serve.state import IndexWatcher, ModelRunner, OutsideIndexedFolder
 from kclip.serve.thumbnails import ThumbnailCache
+from kclip.serve.uploads import DEFAULT_DECODE_SLOTS, DecodeSlots, decode_upload, read_upload
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +41,10 @@ STATIC_DIR = Path(__file__).parent / "static"
 MAX_K = 100  # results per page
 MAX_RESULTS = 1000  # how deep paging may go (offset + k)
 DEFAULT_MAX_UPLOAD_BYTES = 20 * 1024 * 1024
+MAX_UPLOAD_BYTES = 1024 * 1024 * 1024  # what any one upload may be set to: the whole body is held in memory
+# Longer texts are refused before the model sees them: tokenizing them holds the model lock, and the
+# text tower reads only its first max_length tokens anyway.
+MAX_QUERY_CHARS = 1000
 # A small file can hold a huge picture (a flat 20000 x 20000 PNG is a few hundred kB); 50 MP fits
 # any phone or camera photo and bounds what one upload may make the server decode.
 DEFAULT_MAX_UPLOAD_PIXELS = 50_000_000
@@ -62,26 +72,50 @@ def _paging(k: str | None, offset: str | None) -> tuple[int, int]:
     return k, offset
 
 
+def query_text(q: str | None) -> str:
+    """The text to search for: control and invisible format characters (NUL, zero-width space, ...) removed."""
+    if q is None:
+        return ""
+    if len(q) > MAX_QUERY_CHARS:
+        raise HTTPException(400, f"the query is {len(q)} characters long; at most {MAX_QUERY_CHARS} are accepted, "
+                                 "so shorten it.")
+    kept = "".join(" " if character.isspace() else character for character in q
+                   if unicodedata.category(character) not in ("Cc", "Cf") or character.isspace())
+    return " ".join(kept.split())
+
+
 def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
-               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, thumbnail_side: int | None = None) -> FastAPI:
+               max_upload_pixels: int = DEFAULT_MAX_UPLOAD_PIXELS, thumbnail_side: int | None = None,
+               allowed_hosts=LOOPBACK_NAMES, max_concurrent_decodes: int = DEFAULT_DECODE_SLOTS) -> FastAPI:
     """A FastAPI app that searches the index in `index_dir` with `model` (the model that built it).
 
     model: a kclip DualEncoder (or anything with encode_text, encode_image and fingerprint).
     The index is re-read when it changes on disk (checked on every request); thumbnails are cached in
     index_dir/thumbnails. Serve it with any ASGI server, e.g. `uvicorn.run(app)`, or use kclip.serve_page.
+    allowed_hosts: the Host names the app answers (default: loopback names only; see
+        kclip.serve.security); add the name or address a LAN opens the page with.
+    max_concurrent_decodes: uploads decoded at once (each may hold max_upload_pixels x ~9 bytes).
     """
-    if not isinstance(max_upload_bytes, int) or max_upload_bytes < 1:
-        raise ValueError(f"max_upload_bytes must be a positive integer; got {max_upload_bytes!r}.")
+    if isinstance(max_upload_bytes, bool) or not isinstance(max_upload_bytes, int) \
+            or not 1 <= max_upload_bytes <= MAX_UPLOAD_BYTES:
+        raise ValueError(f"max_upload_bytes must be a whole number from 1 to {MAX_UPLOAD_BYTES} (1 GiB); "
+                         f"got {max_upload_bytes!r}.")
+    if isinstance(max_upload_pixels, bool) or not isinstance(max_upload_pixels, int) or max_upload_pixels < 1:
+        raise ValueError(f"max_upload_pixels must be a whole number >= 1; got {max_upload_pixels!r}.")
+    decode_slots = DecodeSlots(max_concurrent_decodes)
     runner = ModelRunner(model)
     watcher = IndexWatcher(index_dir, runner.fingerprint, backend=backend)
     thumbnails = ThumbnailCache(watcher.directory, **({"side": thumbnail_side} if thumbnail_side else {}))
     watcher.on_reload = lambda snapshot: thumbnails.prune(entry.version for entry in snapshot.entries)
+    watcher.on_reload(watcher.current())  # also clears what a killed server left half-written
     image_size = getattr(model, "image_size", None)
     # Uploads are decoded no bigger than the model needs, as encode_image itself would.
     decode_side = 4 * int(image_size) if isinstance(image_size, int) and image_size > 0 else None
 
     app = FastAPI(title="kclip search", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.watcher, app.state.runner, app.state.thumbnails = watcher, runner, thumbnails
+    app.state.decode_slots = decode_slots
+    app.add_middleware(RequestGuard, allowed_hosts=tuple(allowed_hosts))
 
     @app.exception_handler(StarletteHTTPException)  # also the router's own 404 and 405
     async def http_error(request, error):
@@ -123,9 +157,10 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
             if entry is None:
                 raise HTTPException(404, "that image is not in the index (it may have been removed); search again.")
             return answer(snapshot, lambda: snapshot.embedding(entry), k, offset, {"like": like, "name": entry.name})
-        if q is None or not q.strip():
+        text = query_text(q)
+        if not text:
             raise HTTPException(400, "the query is empty: type some words to search for, or drop a picture.")
-        return answer(snapshot, lambda: runner.encode_text(q.strip()), k, offset, {"q": q.strip()})
+        return answer(snapshot, lambda: runner.encode_text(text), k, offset, {"q": text})
 
     @app.get("/api/search")
     def search(q: str | None = None, like: str | None = None, k: str | None = None, offset: str | None = None):
@@ -134,18 +169,11 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
     @app.post("/api/search/image")
     async def search_image(request: Request, k: str | None = None, offset: str | None = None):
         k, offset = _paging(k, offset)
-        name, data = await _read_upload(request, max_upload_bytes)
+        name, data = await read_upload(request, max_upload_bytes)
 
         def run():
-            try:
-                width, height = open_image(data).size  # the header only: refuse before decoding
-                if width * height > max_upload_pixels:
-                    raise HTTPException(413, f"the picture is {width}x{height} pixels, more than the "
-                                             f"{max_upload_pixels / 1e6:g} megapixels accepted; send a smaller one.")
-                pixels = load_image(data, max_side=decode_side)
-            except ImageLoadError as error:
-                raise HTTPException(400, f"could not read {name} as a picture: {_upload_problem(error)}; "
-                                         "try a JPEG, PNG, WebP, GIF, BMP or TIFF file.") from None
+            with decode_slots:
+                pixels = decode_upload(data, name, max_upload_pixels, decode_side)
             snapshot = watcher.current()
             return answer(snapshot, lambda: runner.encode_image(pixels), k, offset, {"image": name})
 
@@ -169,19 +197,26 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
         snapshot, entry = indexed_entry(identifier)
         try:
             path = thumbnails.get(entry.version, snapshot.file_path(entry))
+        except OutsideIndexedFolder as error:
+            logger.warning("refused to read %s", error)
+            raise HTTPException(404, f"{entry.name} is not inside the indexed folder; rebuild the index.") from None
         except (ImageLoadError, OSError) as error:
             logger.warning("no thumbnail for %s: %s", entry.path, error)
             raise HTTPException(404, f"{entry.name} can no longer be read; rebuild the index.") from None
-        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "public, max-age=86400",
-                                                                     "X-Content-Type-Options": "nosniff"})
+        # private: a shared proxy or browser cache must not keep someone's photos.
+        return FileResponse(path, media_type="image/jpeg", headers={"Cache-Control": "private, max-age=86400"})
 
     @app.get("/image/{identifier}")
     def original(identifier: str):
         snapshot, entry = indexed_entry(identifier)
-        path = snapshot.file_path(entry)
+        try:
+            path = snapshot.file_path(entry)
+        except OutsideIndexedFolder as error:
+            logger.warning("refused to serve %s", error)
+            raise HTTPException(404, f"{entry.name} is not inside the indexed folder; rebuild the index.") from None
         if not path.is_file():
             raise HTTPException(404, f"{entry.name} is no longer on disk; rebuild the index.")
-        return FileResponse(path, headers={"Cache-Control": "no-cache", "X-Content-Type-Options": "nosniff"})
+        return FileResponse(path, headers={"Cache-Control": "private, no-cache"})
 
     @app.get("/")
     def page():
@@ -189,45 +224,3 @@ def create_app(model, index_dir, *, backend: str = "auto", max_upload_bytes: int
 
     app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
     return app
-
-
-def _upload_problem(error: ImageLoadError) -> str:
-    # load_image names in-memory data "<N bytes in memory>: ..." and Pillow adds a BytesIO repr; neither helps.
-    reason = str(error).split(": ", 1)[-1].rstrip(".")
-    if "cannot identify image file" in reason:
-        return "it is not an image, or not a format that can be decoded"
-    return reason
-
-
-async def _read_upload(request: Request, max_bytes: int) -> tuple[str, bytes]:
-    """The uploaded file's name and bytes; 413 as soon as the body passes max_bytes, read or declared."""
-    too_large = HTTPException(413, f"the upload is larger than the limit of {max_bytes / 2**20:.0f} MB; "
-                                   "send a smaller picture.")
-    # The multipart envelope adds a few hundred bytes around the file.
-    limit = max_bytes + 64 * 1024
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise too_large
-    body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise too_large
-    content_type = request.headers.get("content-type", "")
-    if content_type.startswith("multipart/form-data"):
-        async def replay():
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        form = await Request(request.scope, replay).form(max_files=1, max_fields=10)
-        uploads = [value for value in form.values() if hasattr(value, "read")]
-        if not uploads:
-            raise HTTPException(400, "no picture in the upload: send it in the form field \"image\".")
-        name, data = uploads[0].filename or "the upload", await uploads[0].read()
-        await form.close()
-    else:
-        name, data = "the upload", bytes(body)
-    if not data:
-        raise HTTPException(400, "the upload is empty: choose or drop a picture file.")
-    if len(data) > max_bytes:
-        raise too_large
-    return name, data

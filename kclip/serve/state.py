@@ -16,10 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from kclip.data.image_io import is_image_file_name
 from kclip.index.index import Index
 from kclip.index.store import METADATA_FILE
 
 logger = logging.getLogger(__name__)
+
+
+class OutsideIndexedFolder(ValueError):
+    """An index entry whose file does not resolve inside the indexed folder (a link out, or an edited index)."""
 
 
 def image_id(relative_path: str) -> str:
@@ -60,14 +65,24 @@ class IndexSnapshot:
         self.by_id = {entry.id: entry for entry in self.entries}
         # Index.search answers with paths; this maps them back to rows.
         self.row_by_path = {path: row for row, path in enumerate(index.paths)}
+        self.root = index.image_dir.resolve() if index.image_dir is not None else None
         index.prepare()  # built here, under the reload lock, never by two requests at once
 
     def entry(self, identifier: str) -> Entry | None:
         return self.by_id.get(identifier)
 
     def file_path(self, entry: Entry) -> Path:
-        # The path comes from metadata.json, never from the request.
-        return self.index.image_dir / entry.path
+        """The file behind `entry`, resolved; OutsideIndexedFolder unless it is an image file inside the folder.
+
+        The path comes from metadata.json, never from the request, and metadata.json was validated on
+        load (no absolute or ".." paths); a symbolic link can still lead out, so the resolved path is checked.
+        """
+        if self.root is None:
+            raise OutsideIndexedFolder(f"{entry.path}: the index names no image folder")
+        path = (self.root / entry.path).resolve()
+        if self.root not in path.parents or not is_image_file_name(path.name):
+            raise OutsideIndexedFolder(f"{entry.path} -> {path}: not an image file inside {self.root}")
+        return path
 
     def embedding(self, entry: Entry) -> np.ndarray:
         return np.asarray(self.index.embeddings[entry.row], dtype=np.float32)
@@ -134,11 +149,13 @@ class IndexWatcher:
                 return self._snapshot
             try:
                 snapshot = self._load()
-            except (OSError, ValueError, KeyError) as error:
+            except Exception as error:  # noqa: BLE001 - whatever is wrong with the new index, keep the last good one
                 self._failed_token = token
-                self.warning = (f"the index on disk changed but could not be loaded ({error}); "
-                                "still serving the previous version.")
-                logger.warning(self.warning)
+                # Paths and details go to the log only; the page says what happened and where to look.
+                self.warning = ("the index on disk changed but could not be loaded; still serving the previous "
+                                "version (the server log says why).")
+                logger.warning("the index in %s changed but could not be loaded (%s: %s); still serving the "
+                               "previous version", self.directory, type(error).__name__, error)
                 return self._snapshot
             self._snapshot, self.warning = snapshot, None
             logger.info("reloaded the index from %s: %d images", self.directory, len(snapshot.index))

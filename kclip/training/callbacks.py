@@ -156,13 +156,26 @@ class TimeBudget(keras.callbacks.Callback):
             raise ValueError(f"trainer.max_train_minutes must be positive, got {minutes}.")
         self.seconds = 60.0 * float(minutes)
         self.began = None
+        self._elapsed = None
         self.stopped_at_epoch = None
 
     def on_train_begin(self, logs=None):
         self.began = time.monotonic()
+        self._elapsed = None
 
     def fraction(self):
-        return 0.0 if self.began is None else min(1.0, (time.monotonic() - self.began) / self.seconds)
+        if self.began is None:
+            return 0.0
+        elapsed = time.monotonic() - self.began if self._elapsed is None else self._elapsed
+        return min(1.0, elapsed / self.seconds)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        from kclip.backends.torch import distributed
+
+        # Under torch data parallel every rank must step on the same learning rate and stop after the
+        # same batch: all follow the slowest rank's clock, read once per batch.
+        if distributed.active():
+            self._elapsed = distributed.max_over_ranks(time.monotonic() - self.began)
 
     def on_train_batch_end(self, batch, logs=None):
         if self.fraction() >= 1.0 and not self.model.stop_training:
@@ -215,6 +228,17 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(np.asarray(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate)))
+
+
+class RestoreOnlyBackup(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` for the ranks other than 0 under data parallel: they resume from rank 0's
+    backup like it, but never write or delete it."""
+
+    def _save_model(self):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
 
 
 class ResumeReport(keras.callbacks.Callback):

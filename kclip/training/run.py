@@ -1,11 +1,14 @@
 """One training run, from a `Config` to `OUTPUT_DIR/model.keras` and test recall."""
 
+import contextlib
+import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import keras
 
+from kclip.backends.torch import distributed
 from kclip.backends.torch.levers import training_levers
 from kclip.data.pipeline import datasets_for_training, repeated_for_fit
 from kclip.data.sources import load_records
@@ -13,6 +16,7 @@ from kclip.evaluation.evaluate import embed_split, evaluate, format_metrics_tabl
 from kclip.models.towers import build_dual_encoder, build_word_vocabulary
 from kclip.backends.jax.distribution import configure as configure_distribution
 from kclip.backends.jax.distribution import undistributed
+from kclip.training import feature_cache
 from kclip.training.export import export_model
 from kclip.training.tracking import finish_tracking, training_callbacks
 from kclip.utils.files import write_json
@@ -57,6 +61,7 @@ def build_model_for_data(config, train_images):
         image_learning_rate=config.model.image_encoder_lr,
         text_learning_rate=config.model.text_encoder_lr,
         weight_decay=config.model.weight_decay,
+        contrastive_chunk_size=config.trainer.contrastive_chunk_size,
         jit_compile=resolve_jit_compile(config.trainer.jit_compile),
     )
     return model
@@ -75,6 +80,8 @@ def train(config, callbacks=(), verbose="auto"):
         # The run's policy lives on in its model's layers; models built later in this process
         # (an evaluation, a second run) must not inherit it silently.
         keras.config.set_dtype_policy(previous_policy)
+        if config.trainer.distribution != "none":
+            distributed.shutdown()
 
 
 def _train(config, callbacks, verbose):
@@ -86,9 +93,15 @@ def _train(config, callbacks, verbose):
     configure_distribution(config.trainer.distribution, config.data.train_batch_size)
     output_dir = Path(config.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / "config.json", asdict(config))
+    # Under torch data parallel rank 0 writes the run's files and prepares the data; the others
+    # then read what it prepared (kclip/backends/torch/distributed.py).
+    primary = distributed.is_primary()
+    if primary:
+        write_json(output_dir / "config.json", asdict(config))
 
-    records = load_records(config.data, output_dir, seed=config.trainer.seed)
+    with distributed.primary_first(), contextlib.ExitStack() as stack:
+        report_dir = output_dir if primary else stack.enter_context(tempfile.TemporaryDirectory())
+        records = load_records(config.data, report_dir, seed=config.trainer.seed)
     print(records.summary())
     train_images = records.for_split("train")
     validation_images = records.for_split("validation")
@@ -96,13 +109,22 @@ def _train(config, callbacks, verbose):
     print(f"Model: {model.count_params():,} parameters, precision {policy}, "
           f"images {config.model.image_size}px {model.backbone.image_data_format}.")
 
-    train_data, validation_data = datasets_for_training(
-        records,
-        config.data,
-        model.preprocessor.image_converter.resizing,
-        config.model.image_size,
-        seed=config.trainer.seed,
-    )
+    # Frozen image tower: the heads train on its features, computed once (kclip/training/feature_cache.py).
+    cached = None
+    if config.trainer.distribution == "none":
+        cached = feature_cache.cached_datasets(model, records, config.model, config.data, seed=config.trainer.seed)
+    if cached is not None:
+        train_data, validation_data = cached
+    else:
+        with distributed.primary_first():
+            train_data, validation_data = datasets_for_training(
+                records,
+                config.data,
+                model.preprocessor.image_converter.resizing,
+                config.model.image_size,
+                seed=config.trainer.seed,
+                preprocessor=model.preprocessor,
+            )
     train_data, steps_per_epoch = repeated_for_fit(train_data, config.trainer.steps_per_epoch)
     test_metrics, grid_path = None, None
     try:
@@ -125,9 +147,13 @@ def _train(config, callbacks, verbose):
                 epochs=config.trainer.max_epochs,
                 steps_per_epoch=steps_per_epoch,
                 callbacks=callbacks,
-                verbose=verbose,
+                verbose=verbose if primary else 0,
+                # The data pipeline shuffles each epoch itself; fit's own shuffle would only warn.
+                shuffle=False,
             )
         print(f"Trained in {time.time() - started:.0f} s.")
+        if not primary:  # rank 0 exports and evaluates the model every rank holds
+            return model, history, None
         with undistributed():  # evaluation takes batches of any size
             model_path = export_model(model, output_dir / "model.keras")
             print(f"Saved {model_path}")

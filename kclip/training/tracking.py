@@ -19,6 +19,7 @@ from kclip.training.callbacks import (
     EvaluationReduceLROnPlateau,
     LearningRateLogger,
     RecallCallback,
+    RestoreOnlyBackup,
     ResumeReport,
     TimeBudget,
     WarmupCosineSchedule,
@@ -109,9 +110,15 @@ def training_callbacks(config, output_dir, validation_images=()):
     Recall first (it adds the keys the others watch), then the schedules, the best-model export,
     the backup (after the schedules, so a resumed run has the new learning rate), the CSV log and
     W&B last. Monitoring callbacks need validation images; without them they are left out.
+
+    Under torch data parallel only rank 0 writes (best model, backup, CSV, W&B); every rank
+    evaluates, so that the schedules and early stopping decide alike on all of them.
     """
+    from kclip.backends.torch import distributed
+
     output_dir = Path(output_dir)
     trainer = config.trainer
+    primary = distributed.is_primary()
     callbacks, recall = [], None
     # First, so that a batch that ends the budget stops the epoch before anything else runs.
     time_budget = TimeBudget(trainer.max_train_minutes) if trainer.max_train_minutes else None
@@ -125,23 +132,27 @@ def training_callbacks(config, output_dir, validation_images=()):
     if recall is not None or trainer.lr_schedule == "cosine":
         callbacks += schedule_callbacks(config, time_budget)
     if recall is not None:
-        callbacks.append(BestModelExport(output_dir / "best.keras", monitor=MONITOR, mode="max"))
+        if primary:
+            callbacks.append(BestModelExport(output_dir / "best.keras", monitor=MONITOR, mode="max"))
         if trainer.early_stopping_patience is not None:
             callbacks.append(EvaluationEarlyStopping(monitor=MONITOR, mode="max",
                                                      patience=trainer.early_stopping_patience, verbose=1))
-    callbacks += [
-        keras.callbacks.BackupAndRestore(str(output_dir / "backup"), double_checkpoint=True),
-        ResumeReport(),
-        keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=True),
-    ]
+    backup = keras.callbacks.BackupAndRestore if primary else RestoreOnlyBackup
+    callbacks.append(backup(str(output_dir / "backup"), double_checkpoint=True))
+    if primary:
+        callbacks += [ResumeReport(), keras.callbacks.CSVLogger(str(output_dir / "history.csv"), append=True)]
     if trainer.terminate_on_nan:
         callbacks.append(keras.callbacks.TerminateOnNaN())
-    if trainer.logger == "wandb":
+    if trainer.logger == "wandb" and primary:
         callbacks += wandb_callbacks(config, output_dir, recall)
     return callbacks
 
 
 def wandb_callbacks(config, output_dir, recall):
+    from kclip.utils.optional import require_tensorflow
+
+    # W&B's Keras callbacks import TensorFlow (tf.keras); without it, say what to do instead.
+    require_tensorflow("W&B's Keras callbacks (trainer.logger: wandb)")
     from wandb.integration.keras import WandbMetricsLogger, WandbModelCheckpoint
 
     from kclip.training.wandb_tables import RetrievalTableCallback

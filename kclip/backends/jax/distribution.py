@@ -1,4 +1,4 @@
-"""Training across devices with keras.distribution (JAX only).
+"""Training across devices with keras.distribution (JAX; torch goes to kclip/backends/torch/distributed.py).
 
 `trainer.distribution: data_parallel` replicates the weights on every local device and
 splits each global batch across them (`keras.distribution.DataParallel`). Under JAX the
@@ -31,14 +31,18 @@ def configure(name, train_batch_size=None):
     if name not in CHOICES:
         raise ValueError(f"Unknown trainer.distribution {name!r}; choose one of {CHOICES}.")
     backend = keras.config.backend()
+    if backend == "torch":
+        # keras.distribution has no torch implementation in Keras 3.15: torch.distributed instead.
+        from kclip.backends.torch import distributed
+
+        return distributed.configure(train_batch_size)
     if backend != "jax":
         raise ValueError(
-            f"trainer.distribution=data_parallel needs KERAS_BACKEND=jax; this run uses {backend!r}. "
-            "keras.distribution is implemented for JAX only in Keras 3. On torch it would need "
-            "torch.distributed (DistributedDataParallel, one process per device, launched by torchrun) "
-            "plus an all_gather of the embeddings before the similarity matrix; on TensorFlow a "
-            "tf.distribute.MirroredStrategy scope around building and compiling the model. Neither "
-            "is wired into kclip: set trainer.distribution=none, or run on JAX."
+            f"trainer.distribution=data_parallel needs KERAS_BACKEND=jax or torch; this run uses {backend!r}. "
+            "keras.distribution is implemented for JAX only in Keras 3, and kclip wires torch.distributed "
+            "(torchrun) for torch; on TensorFlow it would need a tf.distribute.MirroredStrategy scope "
+            "around building and compiling the model, which kclip does not set up. Set "
+            "trainer.distribution=none, or run on JAX or torch."
         )
     devices = keras.distribution.list_devices()
     if train_batch_size is not None and train_batch_size % len(devices):

@@ -29,7 +29,7 @@ from kclip.utils.versions import torch_patch_applies, warn_once
 
 # [minimum, below): the releases this patch was read against and tested with.
 TESTED_KERAS = ("3.15", "3.16")
-TESTED_TORCH = ("2.13", "2.14")
+TESTED_TORCH = ("2.11", "2.16")
 PATCH_NAME = "fast conv kernels (kclip.backends.torch.conv_layout)"
 
 

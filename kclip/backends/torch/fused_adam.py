@@ -16,7 +16,7 @@ from keras import ops
 from kclip.utils.versions import patch_supported
 
 # The versions the kernel call and the moment lookup were read against and tested on.
-TORCH_RANGE = ("2.13", "2.14")
+TORCH_RANGE = ("2.11", "2.16")
 KERAS_RANGE = ("3.15", "3.16")
 
 

@@ -5,18 +5,15 @@ by its end. glibc's malloc serves each block above its mmap threshold (128 KiB, 
 use to at most 32 MiB) from fresh mmap'd pages and returns them to the kernel on free, and
 it trims the heap's top whenever more than twice that threshold lies free there. So every
 step faults its big buffers in again, page by page, and the kernel zero-fills each page
-first: 9,000-27,000 minor faults per float32 step at the demo's size (batch 128), 60,000-63,000
-at the small size (batch 32) and 0.46-0.64 million at the full size. With mmap off and trimming
-off, freed blocks stay in the heap and the next step reuses them: no faults once the heap has
-grown to fit a step. The steps took 0.81-0.88x, 0.86x and 0.74-0.80x the time
-(benchmarks/results/heap-2026-11-30.jsonl, heap-settings-2026-11-30.jsonl,
-train-compare-heap-2026-11-30.jsonl).
+first: tens of thousands of minor faults per step even at the demo's size. With mmap off and
+trimming off, freed blocks stay in the heap and the next step reuses them: no faults once the
+heap has grown to fit a step, and a shorter step (benchmarks/train_throughput.py
+--keep-freed-memory on|off measures it).
 
 The price is fragmentation: torch asks for 64-byte-aligned blocks, which glibc carves with
-remainders that keep some freed blocks from merging. Over 400 demo steps the heap settled
-after about 50, at 1,456 MB against 1,419 MB of peak RSS without the lever. At the full size
-(ResNet50 + DistilBERT base, batch 32) it did not settle: 7.8 GB after the first step, 11.0 GB
-after 25 and still rising, where glibc's defaults stay at 6.9-7.2 GB. So `kclip.train` leaves
+remainders that keep some freed blocks from merging. At the demo's size the heap settles within
+a few percent of the peak without the lever; at the full size (ResNet50 + DistilBERT base) it
+keeps growing, where glibc's defaults stay flat. So `kclip.train` leaves
 it off unless `trainer.keep_freed_memory` is true, which configs/demo.yaml sets; turn it on
 for a small model only after watching its memory settle. On exit the lever hands all free heap
 memory back with `malloc_trim`. malloc's settings are process-wide and cannot be read back, so

@@ -2,12 +2,10 @@
 
 Keras computes every layer out of place, so each ReLU and each residual `Add` of a ResNet
 asks for a new activation-sized buffer. In eager torch a buffer of that size comes from
-fresh pages that the kernel zero-fills on first touch. In the full-size image forward (ResNet50,
-batch 32, 224²) those buffers were 39% of what it allocated: 1,173 MiB for the 49 ReLUs and 674 MiB
-for the 16 sums, of 4,771 MiB. torchvision and timm write both in place (`nn.ReLU(inplace=True)`,
-`out += identity`). In one process, on against off: 0.91-0.92x the step at the full size, about
-0.5 GB less peak memory; benchmarks/RESULTS-training.md ("2026-12-06") has the measurements and
-their spread.
+fresh pages that the kernel zero-fills on first touch, and in a ResNet those buffers are a large
+share of what the forward allocates. torchvision and timm write both in place
+(`nn.ReLU(inplace=True)`, `out += identity`). What the lever gives is measured by
+benchmarks/compare_training.py (docs/performance.md).
 
 `plan(function)` finds the nodes of a functional model where that is safe:
 
@@ -33,7 +31,7 @@ from kclip.backends.torch.graph_rewrites import Switch, is_relu, producer, reade
 
 # [minimum, below): the releases this patch was read against and tested with.
 TESTED_KERAS = ("3.15", "3.16")
-TESTED_TORCH = ("2.13", "2.14")
+TESTED_TORCH = ("2.11", "2.16")
 PATCH_NAME = "in-place ReLU and residual sums (kclip.backends.torch.inplace_ops)"
 
 _switch = Switch(PATCH_NAME, TESTED_KERAS, TESTED_TORCH)

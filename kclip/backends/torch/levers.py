@@ -16,8 +16,8 @@ def training_levers(fused_batch_norm_kernel=True, release_intermediates=True, fa
     """The measured speed and memory levers that apply while `fit` runs (on by default, except
     `keep_freed_memory`, whose heap kept growing at the full size: see kclip/backends/torch/heap.py).
 
-    Each changes how the step runs, not what it computes; benchmarks/RESULTS-training.md
-    records what each one gives. On JAX and TensorFlow the step is traced and compiled, and
+    Each changes how the step runs, not what it computes (tests/test_training_levers.py);
+    benchmarks/compare_training.py measures what they give together (docs/performance.md). On JAX and TensorFlow the step is traced and compiled, and
     the compiler already fuses and frees what these levers handle, so they switch off,
     silently: the config is the same on every backend.
 
@@ -43,9 +43,8 @@ def limit_compute_threads(count):
     """Run each torch op on at most `count` threads (None changes nothing); returns the count before.
 
     A search server answers many small queries at once. Splitting each tiny op over every core
-    only makes the requests' threads wait on one another (2 cores, 8 clients, median of 3
-    interleaved runs: p50 38.0 ms with torch's default threads, 36.3 ms with one;
-    benchmarks/results/serve-load-2026-11-30.jsonl), so the server runs each op on one thread
+    only makes the requests' threads wait on one another (benchmarks/serve_load.py
+    --compute-threads 0|1 compares the two), so the server runs each op on one thread
     and gets its parallelism from concurrent requests. No-op on other backends.
     """
     if keras.config.backend() != "torch":

@@ -23,7 +23,7 @@ from kclip.backends.torch.graph_rewrites import Switch, is_relu, producer, reade
 
 # [minimum, below): the releases this patch was read against and tested with.
 TESTED_KERAS = ("3.15", "3.16")
-TESTED_TORCH = ("2.13", "2.14")
+TESTED_TORCH = ("2.11", "2.16")
 PATCH_NAME = "padding folded into pooling (kclip.backends.torch.padded_pooling)"
 
 _switch = Switch(PATCH_NAME, TESTED_KERAS, TESTED_TORCH)

@@ -23,7 +23,7 @@ import numpy as np
 from kclip.utils.versions import patch_supported, warn_once
 
 # [minimum, below): the torch releases this was tested with.
-TESTED_TORCH = ("2.13", "2.14")
+TESTED_TORCH = ("2.11", "2.16")
 LEVER_NAME = "traced text tower (kclip.backends.torch.traced_text)"
 TOLERANCE = 1e-4
 
