@@ -132,7 +132,7 @@ class ContrastiveLogits(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="kclip")
-class SigmoidLogits(keras.layers.Layer):
+class SigmoidLogits(ContrastiveLogits):
     """SigLIP's pair logits: exp(log_logit_scale) * cosine similarity + logit_bias, both learnable.
 
     Initialized as in the paper (scale 10, bias -10): the bias starts every pair near "not a
@@ -141,44 +141,17 @@ class SigmoidLogits(keras.layers.Layer):
     """
 
     def __init__(self, initial_logit_scale=10.0, initial_logit_bias=-10.0, max_logit_scale=100.0, **kwargs):
-        kwargs["dtype"] = "float32"
-        super().__init__(**kwargs)
-        self.initial_logit_scale = initial_logit_scale
+        super().__init__(initial_logit_scale=initial_logit_scale, max_logit_scale=max_logit_scale, **kwargs)
         self.initial_logit_bias = initial_logit_bias
-        self.max_logit_scale = max_logit_scale
 
     def build(self, input_shape=None, *args):
-        self.log_logit_scale = self.add_weight(
-            shape=(),
-            initializer=keras.initializers.Constant(math.log(self.initial_logit_scale)),
-            name="log_logit_scale",
-        )
+        super().build(input_shape)
         self.logit_bias = self.add_weight(
             shape=(), initializer=keras.initializers.Constant(self.initial_logit_bias), name="logit_bias"
         )
-        self.built = True
-
-    @property
-    def logit_scale(self):
-        return ops.minimum(ops.exp(self.log_logit_scale), self.max_logit_scale)
 
     def call(self, image_embeddings, text_embeddings):
-        image_embeddings = ops.cast(image_embeddings, "float32")
-        text_embeddings = ops.cast(text_embeddings, "float32")
-        similarity = ops.matmul(text_embeddings, ops.transpose(image_embeddings))
-        return self.logit_scale * similarity + self.logit_bias
-
-    def compute_output_shape(self, image_embeddings_shape, text_embeddings_shape):
-        return (text_embeddings_shape[0], image_embeddings_shape[0])
+        return super().call(image_embeddings, text_embeddings) + self.logit_bias
 
     def get_config(self):
-        config = super().get_config()
-        config.pop("dtype", None)
-        config.update(
-            {
-                "initial_logit_scale": self.initial_logit_scale,
-                "initial_logit_bias": self.initial_logit_bias,
-                "max_logit_scale": self.max_logit_scale,
-            }
-        )
-        return config
+        return {**super().get_config(), "initial_logit_bias": self.initial_logit_bias}
