@@ -107,7 +107,9 @@ def test_timm_resnet50_folder_gives_timm_pooled_features(tmp_path, writer):
     with torch.no_grad():
         expected = reference(torch_input).numpy()
     assert expected.shape == (2, 2048)
-    np.testing.assert_allclose(kclip_pooled, expected, atol=1e-4, rtol=1e-4)
+    # Pooled values reach ~250 in float32: different conv kernels (real timm's torch release) round
+    # apart by up to ~2e-4 relative.
+    np.testing.assert_allclose(kclip_pooled, expected, atol=1e-4, rtol=1e-3)
 
 
 def test_dual_encoder_from_hf_and_timm_folders_checks_embedding_dims(tmp_path):
