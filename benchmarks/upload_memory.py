@@ -75,7 +75,7 @@ def main():
                                  "--clients", str(args.clients), "--rounds", str(args.rounds)],
                                 capture_output=True, text=True, check=True).stdout.strip().splitlines()[-1]
         line = {**json.loads(output), "cpu_flags": flags, "cpus": os.cpu_count(), "python": platform.python_version(),
-                "load_average": os.getloadavg()[0]}
+                "load_average": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d", time.gmtime())}
         print(json.dumps(line))
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with open(args.out, "a") as handle:
